@@ -1,0 +1,36 @@
+# Thin wrappers over pulumi and the test command; the verbs mirror the original POC's Makefile.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := venv
+STACK ?= swtpm
+# A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
+export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
+
+.PHONY: setup swtpm hwtpm verify clean test render
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(PULUMI_CONFIG_PASSPHRASE_FILE):
+	umask 077 && head -c 32 /dev/urandom | base64 > $@
+
+setup: $(VENV)/.installed $(PULUMI_CONFIG_PASSPHRASE_FILE)
+	for stack in swtpm hwtpm; do pulumi stack select --create --secrets-provider passphrase $$stack; done
+	pulumi stack select swtpm
+
+swtpm hwtpm: setup
+	pulumi up --stack $@ --yes
+
+clean:
+	for stack in swtpm hwtpm; do \
+	  if pulumi stack select $$stack 2>/dev/null; then pulumi destroy --stack $$stack --yes; fi; \
+	done
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest
+
+render: $(VENV)/.installed
+	$(VENV)/bin/python -m tools.render --stack $(STACK)

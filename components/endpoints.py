@@ -1,0 +1,106 @@
+"""Every address a client dials to reach the registrar or the verifier: the one source of truth.
+
+The server certificates take their SANs from `dials()`, and the agent, tenant and verifier
+configurations take their addresses from the same list, so a client cannot be configured to dial a
+name its server's certificate does not carry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Literal
+
+from components.settings import Settings, is_ip_address
+
+Server = Literal["registrar", "verifier"]
+SERVERS: tuple[Server, ...] = ("registrar", "verifier")
+
+KEYLIME_NAMESPACE = "keylime"
+INFRA_CLUSTER = "keylime-infra"
+# Kind names the node container `<cluster>-control-plane`; every Kind cluster joins the `kind` Docker
+# network, whose embedded DNS resolves that name from pods of the other clusters too. A name, unlike the
+# node's IP, is known before the cluster exists, so certificates and previews do not depend on the machine.
+INFRA_NODE = f"{INFRA_CLUSTER}-control-plane"
+
+REGISTRAR_PORT = 8890
+REGISTRAR_TLS_PORT = 8891
+VERIFIER_PORT = 8881
+SERVICE_NAMES: dict[Server, str] = {"registrar": "keylime-registrar", "verifier": "keylime-verifier"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dial:
+    """One client's way to one server."""
+
+    client: str
+    server: Server
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+
+def service_fqdn(server: Server) -> str:
+    return f"{SERVICE_NAMES[server]}.{KEYLIME_NAMESPACE}.svc.cluster.local"
+
+
+def vm_host_address(settings: Settings) -> str:
+    """The host's address on the libvirt NAT network: the network's first address, its gateway."""
+    return str(next(ipaddress.ip_network(settings.vm_network_cidr).hosts()))
+
+
+def agent_facing_host(settings: Settings) -> str:
+    """Where agents find the NodePorts the infra cluster publishes."""
+    return INFRA_NODE if settings.tpm_mode == "swtpm" else vm_host_address(settings)
+
+
+def dials(settings: Settings) -> tuple[Dial, ...]:
+    """Every (client, server, address) the deployment uses, in a stable order."""
+    agent_host = agent_facing_host(settings)
+    found = [
+        # Agents register over plain HTTP (registration is public) and attest over TLS.
+        Dial("agent", "registrar", agent_host, settings.registrar_node_port, tls=False),
+        Dial("agent", "verifier", agent_host, settings.verifier_node_port, tls=True),
+        # Inside the infra cluster: the tenant, and the verifier fetching agent keys from the registrar.
+        Dial("tenant", "registrar", service_fqdn("registrar"), REGISTRAR_TLS_PORT, tls=True),
+        Dial("tenant", "verifier", service_fqdn("verifier"), VERIFIER_PORT, tls=True),
+        Dial("verifier", "registrar", service_fqdn("registrar"), REGISTRAR_TLS_PORT, tls=True),
+    ]
+    for server in SERVERS:
+        # Any in-cluster client may use the short service names that cluster DNS search paths resolve.
+        short = SERVICE_NAMES[server]
+        port = REGISTRAR_TLS_PORT if server == "registrar" else VERIFIER_PORT
+        for name in (short, f"{short}.{KEYLIME_NAMESPACE}", f"{short}.{KEYLIME_NAMESPACE}.svc"):
+            found.append(Dial("in-cluster client", server, name, port, tls=True))
+        # An operator on the host reaches the NodePorts through Kind's extraPortMappings.
+        host_port = settings.registrar_tls_node_port if server == "registrar" else settings.verifier_node_port
+        for name in ("localhost", "127.0.0.1"):
+            found.append(Dial("host operator", server, name, host_port, tls=True))
+        for name in settings.extra_sans:
+            found.append(Dial("extraSans client", server, name, host_port, tls=True))
+    return tuple(found)
+
+
+def dial(settings: Settings, client: str, server: Server) -> Dial:
+    """The one address `client` is configured with for `server`."""
+    return next(d for d in dials(settings) if d.client == client and d.server == server)
+
+
+@dataclasses.dataclass(frozen=True)
+class SubjectAltNames:
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+
+
+def server_sans(settings: Settings, server: Server) -> SubjectAltNames:
+    """Every host any client dials for `server`, split the way X.509 (and pulumi-tls) wants it."""
+    hosts = list(dict.fromkeys(d.host for d in dials(settings) if d.server == server))
+    return SubjectAltNames(
+        dns_names=tuple(h for h in hosts if not is_ip_address(h)),
+        ip_addresses=tuple(h for h in hosts if is_ip_address(h)),
+    )

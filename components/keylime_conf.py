@@ -1,0 +1,243 @@
+"""Keylime configuration files rendered from Python data: registrar, verifier, tenant and push agent.
+
+The server files are complete (every option keylime 7.14.3's 2.6 templates define): keylime reads
+options without defaults of its own (a missing integer becomes -1), and the deployment points
+`KEYLIME_<COMPONENT>_CONFIG` at these files, which makes each the only file keylime reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from components.endpoints import REGISTRAR_PORT, REGISTRAR_TLS_PORT, VERIFIER_PORT, dial
+from components.settings import Settings
+
+CONFIG_VERSION = "2.6"
+CONF_DIR = "/etc/keylime-push"
+TLS_DIR = f"{CONF_DIR}/tls"
+DATA_DIR = "/var/lib/keylime/data"
+AGENT_KEYLIME_DIR = "/var/lib/keylime"
+
+# File names inside TLS_DIR; each pod mounts only the Secret with its own keys.
+CA_CERT = "cacert.crt"
+SERVER_CERT = "server-cert.crt"
+SERVER_KEY = "server-private.pem"
+CLIENT_CERT = "client-cert.crt"
+CLIENT_KEY = "client-private.pem"
+
+# The push agent's quote is RSA/sha256/rsassa: the verifier hard-wires PoP to sha256/rsassa, and the
+# quote must use the AK's own scheme, so the tenant offers nothing the agent cannot answer.
+TPM_HASH_ALG, TPM_ENCRYPTION_ALG, TPM_SIGNING_ALG = "sha256", "rsa", "rsassa"
+
+# One verifier sustains about 23 verified attestations/s on 2 cores; keep the load under ~15/s.
+SUSTAINED_ATTESTATIONS_PER_SECOND = 15
+DEFAULT_QUOTE_INTERVAL = 2
+DEFAULT_SESSIONS_PER_IP = 50
+
+
+def agent_count(settings: Settings) -> int:
+    """Each agent Kind cluster has one node, so one agent; hwtpm runs one VM."""
+    return settings.agent_clusters if settings.tpm_mode == "swtpm" else 1
+
+
+def quote_interval(settings: Settings) -> int:
+    """Agents attest at the verifier's pace (`seconds_to_next_attestation`), so scale it with the fleet."""
+    return max(DEFAULT_QUOTE_INTERVAL, math.ceil(agent_count(settings) / SUSTAINED_ATTESTATIONS_PER_SECOND))
+
+
+def sessions_per_ip(settings: Settings) -> int:
+    """All agents reach the verifier through one NodePort, so they share one source IP (SNAT).
+
+    keylime's default of 50 new sessions per IP and minute, with escalating blocks, would lock the
+    whole fleet out when many agents (re)start together.
+    """
+    return max(DEFAULT_SESSIONS_PER_IP, 4 * agent_count(settings))
+
+
+def _py(value: object) -> str:
+    """keylime parses list options as Python/JSON literals and booleans as True/False."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def render_ini(sections: dict[str, dict[str, object]]) -> str:
+    lines: list[str] = []
+    for section, options in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_py(value)}".rstrip() for key, value in options.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+_DURABLE_ATTESTATION = {
+    "durable_attestation_import": "",
+    "persistent_store_url": "",
+    "transparency_log_url": "",
+    "time_stamp_authority_url": "",
+    "time_stamp_authority_certs_path": "",
+    "persistent_store_format": "json",
+    "persistent_store_encoding": "",
+    "transparency_log_sign_algo": "sha256",
+}
+
+
+def registrar_conf(settings: Settings) -> str:
+    return render_ini(
+        {
+            "registrar": {
+                "version": CONFIG_VERSION,
+                "ip": "0.0.0.0",
+                "port": REGISTRAR_PORT,
+                "tls_port": REGISTRAR_TLS_PORT,
+                "tls_dir": TLS_DIR,
+                "server_key": SERVER_KEY,
+                "server_key_password": "",
+                "server_cert": SERVER_CERT,
+                "cert_subject_alternative_names": "",
+                "trusted_client_ca": [CA_CERT],
+                "authorization_provider": "simple",
+                "database_url": f"sqlite:///{DATA_DIR}/registrar.sqlite",
+                "database_pool_sz_ovfl": "5,10",
+                "max_workers": 16,
+                "auto_migrate_db": True,
+                **_DURABLE_ATTESTATION,
+                "signed_attributes": "ek_tpm,aik_tpm,ekcert",
+                "tpm_identity": "default",
+                "malformed_cert_action": "warn",
+            }
+        }
+    )
+
+
+def verifier_conf(settings: Settings) -> str:
+    registrar = dial(settings, "verifier", "registrar")
+    return render_ini(
+        {
+            "verifier": {
+                "version": CONFIG_VERSION,
+                "uuid": "default",
+                "ip": "0.0.0.0",
+                "port": VERIFIER_PORT,
+                "registrar_ip": registrar.host,
+                "registrar_port": registrar.port,
+                "enable_agent_mtls": True,
+                "tls_dir": TLS_DIR,
+                "server_key": SERVER_KEY,
+                "server_key_password": "",
+                "server_cert": SERVER_CERT,
+                "cert_subject_alternative_names": "",
+                "trusted_client_ca": [CA_CERT],
+                "client_key": CLIENT_KEY,
+                "client_key_password": "",
+                "client_cert": CLIENT_CERT,
+                "trusted_server_ca": [CA_CERT],
+                "authorization_provider": "simple",
+                "database_url": f"sqlite:///{DATA_DIR}/verifier.sqlite",
+                "database_pool_sz_ovfl": "5,10",
+                "auto_migrate_db": True,
+                "num_workers": 0,
+                "max_workers": 16,
+                "exponential_backoff": True,
+                "retry_interval": 2,
+                "max_retries": 5,
+                "quote_interval": quote_interval(settings),
+                "max_upload_size": 104857600,
+                "request_timeout": 60.0,
+                "measured_boot_policy_name": "accept-all",
+                "measured_boot_imports": [],
+                "measured_boot_evaluate": "once",
+                "severity_labels": ["info", "notice", "warning", "error", "critical", "alert", "emergency"],
+                "severity_policy": [{"event_id": ".*", "severity_label": "emergency"}],
+                "ignore_tomtou_errors": False,
+                **_DURABLE_ATTESTATION,
+                "signed_attributes": "",
+                "require_allow_list_signatures": False,
+                "mode": "push",
+                "challenge_lifetime": 1800,
+                "verification_timeout": 0,
+                "session_create_rate_limit_per_ip": sessions_per_ip(settings),
+                "session_create_rate_limit_window_ip": 60,
+                "session_create_rate_limit_per_agent": 15,
+                "session_create_rate_limit_window_agent": 60,
+                "session_lifetime": 180,
+                "extend_token_on_attestation": True,
+                "auto_recover_attestation_failures": False,
+                "shutdown_drain_timeout": 10,
+            },
+            "revocations": {
+                "enabled_revocation_notifications": [],
+                "zmq_ip": "127.0.0.1",
+                "zmq_port": 8992,
+                "webhook_url": "",
+            },
+        }
+    )
+
+
+def tenant_conf(settings: Settings) -> str:
+    verifier = dial(settings, "tenant", "verifier")
+    registrar = dial(settings, "tenant", "registrar")
+    return render_ini(
+        {
+            "tenant": {
+                "version": CONFIG_VERSION,
+                "verifier_ip": verifier.host,
+                "verifier_port": verifier.port,
+                "registrar_ip": registrar.host,
+                "registrar_port": registrar.port,
+                "tls_dir": TLS_DIR,
+                "enable_agent_mtls": True,
+                "client_key": CLIENT_KEY,
+                "client_key_password": "",
+                "client_cert": CLIENT_CERT,
+                "trusted_server_ca": [CA_CERT],
+                "tpm_cert_store": "/var/lib/keylime/tpm_cert_store",
+                "max_payload_size": 1048576,
+                "accept_tpm_hash_algs": [TPM_HASH_ALG],
+                "accept_tpm_encryption_algs": [TPM_ENCRYPTION_ALG],
+                "accept_tpm_signing_algs": [TPM_SIGNING_ALG],
+                "exponential_backoff": True,
+                "retry_interval": 2,
+                "max_retries": 5,
+                "request_timeout": 60,
+                "require_ek_cert": settings.require_ek_cert,
+                "ek_check_script": "",
+                "mb_refstate": "",
+            }
+        }
+    )
+
+
+def _toml(value: object) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def agent_conf(settings: Settings) -> str:
+    """rust-keylime 0.2.9's agent.conf (TOML); the push agent reads the keys of `PushModelConfig`."""
+    registrar = dial(settings, "agent", "registrar")
+    verifier = dial(settings, "agent", "verifier")
+    options = {
+        "version": "2.4",
+        "uuid": settings.uuid,
+        "registrar_ip": registrar.host,
+        "registrar_port": registrar.port,
+        "registrar_tls_enabled": registrar.tls,
+        "registrar_tls_ca_cert": f"{TLS_DIR}/{CA_CERT}",
+        "verifier_url": verifier.url,
+        "verifier_tls_ca_cert": f"{TLS_DIR}/{CA_CERT}",
+        "keylime_dir": AGENT_KEYLIME_DIR,
+        # Kubernetes already runs the agent as its own user; run_as would try to drop root it never had.
+        "run_as": "",
+        "attestation_interval_seconds": quote_interval(settings),
+        "tpm_hash_alg": TPM_HASH_ALG,
+        "tpm_encryption_alg": TPM_ENCRYPTION_ALG,
+        "tpm_signing_alg": TPM_SIGNING_ALG,
+        "enable_iak_idevid": False,
+        "tls_accept_invalid_certs": False,
+        "tls_accept_invalid_hostnames": False,
+    }
+    return "[agent]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in options.items())

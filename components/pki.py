@@ -1,0 +1,105 @@
+"""KeylimePki: the CA and every TLS certificate of the deployment, issued with pulumi-tls.
+
+Server certificates carry exactly the SANs `endpoints.server_sans` lists. Private keys are Pulumi
+secrets; the CA key is never exposed outside this component.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pulumi
+import pulumi_tls as tls
+
+from components.endpoints import SERVERS, Server, SubjectAltNames
+
+KEY_ALGORITHM = "ECDSA"
+# pulumi-tls would default to P224, which TLS libraries (rustls among them) no longer accept.
+ECDSA_CURVE = "P256"
+CA_VALIDITY_HOURS = 5 * 365 * 24
+LEAF_VALIDITY_HOURS = 365 * 24
+ORGANIZATION = "keylime-push"
+
+CA_USES = ["cert_signing", "crl_signing", "digital_signature"]
+SERVER_USES = ["digital_signature", "server_auth"]
+CLIENT_USES = ["digital_signature", "client_auth"]
+
+# Admin clients authenticate to the servers with mTLS: the tenant, and the verifier when it asks the
+# registrar for an agent's keys. Agents need no client certificate (they use PoP tokens).
+CLIENTS = ("tenant", "verifier-client")
+
+
+@dataclasses.dataclass
+class KeylimePkiArgs:
+    server_sans: dict[Server, SubjectAltNames]
+
+
+@dataclasses.dataclass
+class IssuedCertificate:
+    cert_pem: pulumi.Output[str]
+    private_key_pem: pulumi.Output[str]
+
+
+class KeylimePki(pulumi.ComponentResource):
+    ca_cert_pem: pulumi.Output[str]
+    servers: dict[Server, IssuedCertificate]
+    clients: dict[str, IssuedCertificate]
+
+    def __init__(self, name: str, args: KeylimePkiArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("keylime:pki:KeylimePki", name, None, opts)
+        self._name = name
+        self._child = pulumi.ResourceOptions(parent=self)
+
+        ca_key = self._key("ca")
+        ca = tls.SelfSignedCert(
+            f"{name}-ca",
+            private_key_pem=ca_key.private_key_pem,
+            subject=tls.SelfSignedCertSubjectArgs(common_name="keylime-push CA", organization=ORGANIZATION),
+            is_ca_certificate=True,
+            validity_period_hours=CA_VALIDITY_HOURS,
+            allowed_uses=CA_USES,
+            set_subject_key_id=True,
+            opts=self._child,
+        )
+        self.ca_cert_pem = ca.cert_pem
+        self.servers = {
+            server: self._issue(f"keylime-{server}", SERVER_USES, args.server_sans[server], ca, ca_key)
+            for server in SERVERS
+        }
+        no_sans = SubjectAltNames(dns_names=(), ip_addresses=())
+        self.clients = {client: self._issue(f"keylime-{client}", CLIENT_USES, no_sans, ca, ca_key) for client in CLIENTS}
+        self.register_outputs({"ca_cert_pem": self.ca_cert_pem})
+
+    def _key(self, role: str) -> tls.PrivateKey:
+        return tls.PrivateKey(
+            f"{self._name}-{role}-key", algorithm=KEY_ALGORITHM, ecdsa_curve=ECDSA_CURVE, opts=self._child
+        )
+
+    def _issue(
+        self,
+        common_name: str,
+        uses: list[str],
+        sans: SubjectAltNames,
+        ca: tls.SelfSignedCert,
+        ca_key: tls.PrivateKey,
+    ) -> IssuedCertificate:
+        role = common_name.removeprefix("keylime-")
+        key = self._key(role)
+        request = tls.CertRequest(
+            f"{self._name}-{role}-csr",
+            private_key_pem=key.private_key_pem,
+            subject=tls.CertRequestSubjectArgs(common_name=common_name, organization=ORGANIZATION),
+            dns_names=list(sans.dns_names),
+            ip_addresses=list(sans.ip_addresses),
+            opts=self._child,
+        )
+        cert = tls.LocallySignedCert(
+            f"{self._name}-{role}-cert",
+            cert_request_pem=request.cert_request_pem,
+            ca_cert_pem=ca.cert_pem,
+            ca_private_key_pem=ca_key.private_key_pem,
+            validity_period_hours=LEAF_VALIDITY_HOURS,
+            allowed_uses=uses,
+            opts=self._child,
+        )
+        return IssuedCertificate(cert_pem=cert.cert_pem, private_key_pem=pulumi.Output.secret(key.private_key_pem))

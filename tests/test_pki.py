@@ -1,0 +1,60 @@
+"""KeylimePki: curves, key usages, secrecy and the CA's place in the chain, as declared to pulumi-tls."""
+
+from __future__ import annotations
+
+from tools.offline import fake_pem
+from tools.offline import is_secret
+
+PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
+SIGNED = "tls:index/locallySignedCert:LocallySignedCert"
+SELF_SIGNED = "tls:index/selfSignedCert:SelfSignedCert"
+
+
+def test_every_key_is_ecdsa_p256_not_the_provider_default_p224(swtpm):
+    keys = swtpm.of_type(PRIVATE_KEY)
+    assert len(keys) == 5
+    assert {(k.plain["algorithm"], k.plain["ecdsaCurve"]) for k in keys} == {("ECDSA", "P256")}
+
+
+def test_the_ca_signs_certificates_and_nothing_else(swtpm):
+    (ca,) = swtpm.of_type(SELF_SIGNED)
+    assert ca.plain["isCaCertificate"] is True
+    assert set(ca.plain["allowedUses"]) == {"cert_signing", "crl_signing", "digital_signature"}
+
+
+def test_servers_get_server_auth_and_clients_client_auth(swtpm):
+    uses = {cert.name: set(cert.plain["allowedUses"]) for cert in swtpm.of_type(SIGNED)}
+    assert uses == {
+        "pki-registrar-cert": {"digital_signature", "server_auth"},
+        "pki-verifier-cert": {"digital_signature", "server_auth"},
+        "pki-tenant-cert": {"digital_signature", "client_auth"},
+        "pki-verifier-client-cert": {"digital_signature", "client_auth"},
+    }
+    assert not any(cert.plain.get("isCaCertificate") for cert in swtpm.of_type(SIGNED))
+
+
+def test_every_leaf_is_signed_by_the_ca_key_over_its_own_request(swtpm):
+    for cert in swtpm.of_type(SIGNED):
+        role = cert.name.removeprefix("pki-").removesuffix("-cert")
+        assert cert.plain["caCertPem"] == fake_pem("CERTIFICATE", "pki-ca")
+        assert cert.plain["caPrivateKeyPem"] == fake_pem("PRIVATE KEY", "pki-ca-key")
+        assert cert.plain["certRequestPem"] == fake_pem("CERTIFICATE REQUEST", f"pki-{role}-csr")
+
+
+def test_private_keys_reach_the_provider_only_as_secrets(swtpm):
+    for cert in swtpm.of_type(SIGNED):
+        assert is_secret(cert.inputs["caPrivateKeyPem"])
+    for resource in swtpm.of_type("tls:index/certRequest:CertRequest") + swtpm.of_type(SELF_SIGNED):
+        assert is_secret(resource.inputs["privateKeyPem"])
+
+
+def test_no_stack_output_carries_a_private_key(swtpm):
+    for name, output in swtpm.outputs.items():
+        assert "PRIVATE KEY" not in str(output.value), name
+
+
+def test_the_pki_needs_no_cluster_so_certificates_start_at_once(swtpm):
+    pki_urns = {r.urn for r in swtpm.resources if r.parent.endswith("::pki") or r.name == "pki"}
+    for resource in swtpm.resources:
+        if resource.urn in pki_urns:
+            assert all(dep in pki_urns for dep in resource.dependencies), resource.name

@@ -1,0 +1,232 @@
+"""Run the Pulumi program without a Pulumi CLI: providers are replaced by recording mocks.
+
+Used by `tools/render.py` (the offline render reviewers read) and by the tests. The mocks stand in
+for providers only: they echo inputs back as state and invent the few outputs a provider would
+compute (certificates, command stdout), deterministically, so two runs record identical inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import runpy
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "keylime-push"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+SECRET_PLACEHOLDER = "[secret]"
+
+
+def stack_config(stack: str, overrides: Mapping[str, object] | None = None) -> dict[str, str]:
+    """The config a `pulumi up -s <stack>` would see: Pulumi.yaml defaults, then the stack file, then overrides.
+
+    Values are strings, as the Pulumi engine hands them to the program; keys are namespaced.
+    """
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    merged: dict[str, object] = {}
+    for key, declaration in project.get("config", {}).items():
+        if isinstance(declaration, dict) and "default" in declaration:
+            merged[f"{PROJECT}:{key}"] = declaration["default"]
+    stack_file = ROOT / f"Pulumi.{stack}.yaml"
+    merged.update((yaml.safe_load(stack_file.read_text()) or {}).get("config", {}))
+    for key, value in (overrides or {}).items():
+        merged[key if ":" in key else f"{PROJECT}:{key}"] = value
+    return {key: _config_string(value) for key, value in merged.items() if value is not None}
+
+
+def _config_string(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def is_secret(value: object) -> bool:
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
+
+
+def reveal(value: Any) -> Any:
+    """Inputs as the provider would receive them, secrets unwrapped."""
+    if is_secret(value):
+        return reveal(value["value"])
+    if isinstance(value, dict):
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
+
+
+def redact(value: Any) -> Any:
+    """Inputs as a reviewer may see them: every secret replaced by a placeholder."""
+    if is_secret(value):
+        return SECRET_PLACEHOLDER
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass
+class Resource:
+    """One resource the program declared, with the options the engine would see."""
+
+    type: str
+    name: str
+    urn: str
+    parent: str
+    custom: bool
+    inputs: dict[str, Any]
+    dependencies: list[str]
+    provider: str
+    delete_before_replace: bool
+    additional_secret_outputs: list[str]
+    replace_on_changes: list[str]
+    deleted_with: str
+
+    @property
+    def plain(self) -> dict[str, Any]:
+        return reveal(self.inputs)
+
+    def inventory_entry(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "name": self.name,
+            "urn": self.urn,
+            "parent": self.parent,
+            "provider": self.provider.split("::")[0] if self.provider else "",
+            "dependsOn": sorted(self.dependencies),
+            "deleteBeforeReplace": self.delete_before_replace,
+            "inputs": redact(self.inputs),
+        }
+
+
+def fake_pem(kind: str, name: str) -> str:
+    digest = hashlib.sha256(f"{kind}:{name}".encode()).hexdigest()
+    return f"-----BEGIN {kind}-----\n{digest}\n-----END {kind}-----\n"
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Providers stand-in: state = inputs plus deterministic stand-ins for computed outputs."""
+
+    def __init__(self, command_stdout: Callable[[str, dict[str, Any]], str] | None = None):
+        self.command_stdout = command_stdout or (lambda name, inputs: "")
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        state = dict(args.inputs)
+        if args.typ == "tls:index/privateKey:PrivateKey":
+            state["privateKeyPem"] = fake_pem("PRIVATE KEY", args.name)
+            state["publicKeyPem"] = fake_pem("PUBLIC KEY", args.name)
+        elif args.typ == "tls:index/certRequest:CertRequest":
+            state["certRequestPem"] = fake_pem("CERTIFICATE REQUEST", args.name)
+        elif args.typ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
+            state["certPem"] = fake_pem("CERTIFICATE", args.name)
+        elif args.typ == "command:local:Command":
+            state["stdout"] = self.command_stdout(args.name, reveal(args.inputs))
+            state["stderr"] = ""
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        raise NotImplementedError(f"the program makes no invokes; got {args.token}")
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """Keeps what the engine would see of each registration: options as well as inputs."""
+
+    def __init__(self, mocks: RecordingMocks, declared: list[Resource]):
+        super().__init__(mocks)
+        self.declared = declared
+
+    def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.declared.append(
+                Resource(
+                    type=request.type,
+                    name=request.name,
+                    urn=response.urn,
+                    parent=request.parent,
+                    custom=request.custom,
+                    inputs=rpc.deserialize_properties(request.object),
+                    dependencies=list(request.dependencies),
+                    provider=request.provider,
+                    delete_before_replace=request.deleteBeforeReplace,
+                    additional_secret_outputs=list(request.additionalSecretOutputs),
+                    replace_on_changes=list(request.replaceOnChanges),
+                    deleted_with=request.deletedWith,
+                )
+            )
+        return response
+
+
+@dataclasses.dataclass(frozen=True)
+class StackOutput:
+    value: Any
+    secret: bool
+
+
+@dataclasses.dataclass
+class ProgramRun:
+    resources: list[Resource]
+    outputs: dict[str, StackOutput]
+
+    def of_type(self, type_: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def named(self, name: str) -> Resource:
+        matches = [r for r in self.resources if r.name == name]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} resources named {name!r}")
+        return matches[0]
+
+    def by_urn(self, urn: str) -> Resource:
+        return next(r for r in self.resources if r.urn == urn)
+
+
+def run_program(
+    stack: str,
+    overrides: Mapping[str, object] | None = None,
+    command_stdout: Callable[[str, dict[str, Any]], str] | None = None,
+    main: Path = ROOT / "__main__.py",
+    declared: list[Resource] | None = None,
+) -> ProgramRun:
+    """Evaluate `__main__.py` for `stack` under mocks (preview=False, so every apply runs).
+
+    `declared` receives each registration as it happens, so a caller can see what existed when the
+    program raised.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    mocks = RecordingMocks(command_stdout)
+    monitor = RecordingMonitor(mocks, declared if declared is not None else [])
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(stack_config(stack, overrides))
+
+    outputs: dict[str, StackOutput] = {}
+
+    @pulumi.runtime.test
+    async def evaluate() -> None:
+        runpy.run_path(str(main), run_name="__main__")
+        # Under mocks nothing finalises the stack, so read the exports off the root resource here.
+        for name, value in pulumi.runtime.get_root_resource().outputs.items():
+            output = pulumi.Output.from_input(value)
+            outputs[name] = StackOutput(await output.future(), await output.is_secret())
+
+    try:
+        evaluate()
+    finally:
+        loop.close()
+    resources = sorted(monitor.declared, key=lambda r: r.urn)
+    return ProgramRun(resources=resources, outputs=outputs)
