@@ -53,6 +53,17 @@ def _config_string(value: object) -> str:
     return str(value)
 
 
+def integral(value: Any) -> Any:
+    """The engine's wire format (protobuf Struct) carries every number as a float; give integers back."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral(v) for v in value]
+    return value
+
+
 def is_secret(value: object) -> bool:
     return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
 
@@ -69,9 +80,10 @@ def reveal(value: Any) -> Any:
 
 
 def redact(value: Any) -> Any:
-    """Inputs as a reviewer may see them: every secret replaced by a placeholder."""
+    """Inputs as a reviewer may see them: every secret replaced by a placeholder (a secret map keeps its keys)."""
     if is_secret(value):
-        return SECRET_PLACEHOLDER
+        inner = value["value"]
+        return {k: SECRET_PLACEHOLDER for k in inner} if isinstance(inner, dict) else SECRET_PLACEHOLDER
     if isinstance(value, dict):
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -159,7 +171,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     urn=response.urn,
                     parent=request.parent,
                     custom=request.custom,
-                    inputs=rpc.deserialize_properties(request.object),
+                    inputs=integral(rpc.deserialize_properties(request.object)),
                     dependencies=list(request.dependencies),
                     provider=request.provider,
                     delete_before_replace=request.deleteBeforeReplace,

@@ -53,7 +53,10 @@ def render(stack: str, out: Path, overrides: dict[str, str]) -> tuple[int, int]:
     for cluster, obj in objects:
         path = manifest_path(out, cluster, obj)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(obj, sort_keys=False))
+        # apiVersion and kind first, as people write manifests; the rest sorted, so renders diff cleanly.
+        head = {key: obj[key] for key in ("apiVersion", "kind")}
+        rest = {key: value for key, value in obj.items() if key not in head}
+        path.write_text(yaml.safe_dump(head, sort_keys=False) + yaml.safe_dump(rest, sort_keys=True))
     inventory = {
         "stack": stack,
         "resources": [r.inventory_entry() for r in run.resources],

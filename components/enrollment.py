@@ -1,0 +1,69 @@
+"""Enrollment: agents enrolled through the tenant with the TPM policy, then verified attesting."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pulumi
+import pulumi_command as command
+
+from components.settings import Settings
+
+ENROLL_SCRIPT = "components/scripts/enroll.py"
+REGISTRATION_WAIT_SECONDS = 300
+ATTESTATION_WAIT_SECONDS = 180
+
+
+@dataclasses.dataclass
+class EnrollmentArgs:
+    settings: Settings
+    expected_agents: int
+    infra_kubeconfig: pulumi.Output[str]
+    cluster_ids: list[pulumi.Output[str]]
+    """The Kind clusters' Command ids: a new cluster means new agents, enrolled afresh."""
+    ready: list[pulumi.Resource]
+    """What must exist first: the tenant and servers, and every agent DaemonSet."""
+
+
+class Enrollment(pulumi.ComponentResource):
+    enrolled: pulumi.Output[str]
+    attestation: pulumi.Output[str]
+
+    def __init__(self, name: str, args: EnrollmentArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("keylime:enrollment:Enrollment", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        access = {"KUBECONFIG_DATA": args.infra_kubeconfig, "EXPECTED_AGENTS": str(args.expected_agents)}
+        enroll = command.local.Command(
+            f"{name}-enroll",
+            create=f"{ENROLL_SCRIPT} add",
+            # A changed TPM policy reaches the script through its environment and re-enrolls every agent.
+            update=f"{ENROLL_SCRIPT} update",
+            # Runs while the infra cluster still exists: this resource depends on its tenant.
+            delete=f"{ENROLL_SCRIPT} delete",
+            environment={
+                **access,
+                "TPM_POLICY": args.settings.tpm_policy_json,
+                "WAIT_SECONDS": str(REGISTRATION_WAIT_SECONDS),
+            },
+            triggers=args.cluster_ids,
+            logging=command.local.Logging.STDERR,
+            opts=pulumi.ResourceOptions.merge(
+                child,
+                # Replacing means new clusters: remove the old enrollments before enrolling the new agents.
+                pulumi.ResourceOptions(depends_on=args.ready, delete_before_replace=True),
+            ),
+        )
+        # The kubeconfig in the environment makes stdout secret; the agent list itself is not.
+        self.enrolled = pulumi.Output.unsecret(enroll.stdout)
+        verify = command.local.Command(
+            f"{name}-verify",
+            create=f"{ENROLL_SCRIPT} verify",
+            update=f"{ENROLL_SCRIPT} verify",
+            # Re-verifies exactly when the enrolled set or its policy changed.
+            environment={**access, "ENROLLED": self.enrolled, "TPM_POLICY": args.settings.tpm_policy_json,
+                         "WAIT_SECONDS": str(ATTESTATION_WAIT_SECONDS)},
+            logging=command.local.Logging.STDERR,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[enroll])),
+        )
+        self.attestation = pulumi.Output.unsecret(verify.stdout)
+        self.register_outputs({"enrolled": self.enrolled, "attestation": self.attestation})

@@ -1,0 +1,142 @@
+"""KeylimeImages: the registrar, verifier, tenant and agent images, built with pulumi-docker.
+
+Each image gets a fixed tag ending in a hash of everything that goes into its build (Dockerfile,
+build arguments, base image, and for imageSource=local the clone's checked-out commit). The tag is
+known before anything is built, so previews are stable, and it changes exactly when the image's
+inputs change: that is what re-runs `kind load` and rolls the pods, and nothing else does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import pulumi
+import pulumi_docker as docker
+
+from components.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+# Paths handed to pulumi-docker are relative to the project folder, where pulumi runs, so state and
+# previews do not depend on where the checkout lives.
+IMAGES_DIR = "images"
+TAG_PREFIX = "keylime-push"
+SERVER_COMPONENTS = ("registrar", "verifier", "tenant")
+COMPONENTS = (*SERVER_COMPONENTS, "agent")
+
+
+def upstream_image(component: str, settings: Settings) -> str:
+    version = settings.agent_version if component == "agent" else settings.keylime_version
+    return f"quay.io/keylime/keylime_{component}:v{version}"
+
+
+def git_head(clone: str) -> str:
+    """The commit a clone has checked out, read from .git without running git."""
+    git_dir = Path(clone) / ".git"
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head.removeprefix("ref: ")
+        if (git_dir / ref).is_file():
+            return (git_dir / ref).read_text().strip()
+        packed = (git_dir / "packed-refs").read_text().splitlines()
+        return next(line.split()[0] for line in packed if line.endswith(f" {ref}"))
+    except (OSError, StopIteration):
+        return "unknown-commit"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSpec:
+    """One `docker build`: what it reads decides its tag."""
+
+    repository: str
+    version: str
+    context: str
+    dockerfile: str
+    args: tuple[tuple[str, str], ...]
+    source_revision: str = ""
+
+    @property
+    def tag(self) -> str:
+        digest = hashlib.sha256()
+        digest.update((ROOT / self.dockerfile).read_bytes())  # an absolute path stays as it is
+        for key, value in self.args:
+            digest.update(f"\0{key}={value}".encode())
+        digest.update(self.source_revision.encode())
+        return f"{TAG_PREFIX}/{self.repository}:{self.version}-{digest.hexdigest()[:12]}"
+
+
+def build_specs(settings: Settings) -> dict[str, list[BuildSpec]]:
+    """Per component, the builds in order: a source build (imageSource=local), then the thin image."""
+    ids = (("KEYLIME_UID", str(settings.agent_uid)), ("KEYLIME_GID", str(settings.agent_gid)))
+    specs: dict[str, list[BuildSpec]] = {}
+    for component in COMPONENTS:
+        is_agent = component == "agent"
+        version = settings.agent_version if is_agent else settings.keylime_version
+        chain: list[BuildSpec] = []
+        base = upstream_image(component, settings)
+        if settings.image_source == "local":
+            clone = settings.rust_keylime_git if is_agent else settings.keylime_git
+            assert clone is not None  # settings guarantee both clones when imageSource=local
+            source = BuildSpec(
+                repository=f"{component}-source",
+                version=version,
+                context=clone,
+                dockerfile=(
+                    f"{clone}/docker/release/Dockerfile.fedora" if is_agent else f"{IMAGES_DIR}/server/source.Dockerfile"
+                ),
+                args=(("VERSION", version),) if is_agent else (("UPSTREAM_IMAGE", base),),
+                source_revision=git_head(clone),
+            )
+            chain.append(source)
+            base = source.tag
+        folder = f"{IMAGES_DIR}/{'agent' if is_agent else 'server'}"
+        chain.append(
+            BuildSpec(
+                repository=component,
+                version=version,
+                context=folder,
+                dockerfile=f"{folder}/Dockerfile",
+                args=(("BASE_IMAGE", base), *ids),
+            )
+        )
+        specs[component] = chain
+    return specs
+
+
+@dataclasses.dataclass
+class KeylimeImagesArgs:
+    settings: Settings
+
+
+class KeylimeImages(pulumi.ComponentResource):
+    """All builds start at once; nothing here waits for a cluster."""
+
+    refs: dict[str, str]
+    built: dict[str, docker.Image]
+
+    def __init__(self, name: str, args: KeylimeImagesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("keylime:images:KeylimeImages", name, None, opts)
+        self.refs = {}
+        self.built = {}
+        for component, chain in build_specs(args.settings).items():
+            previous: docker.Image | None = None
+            for spec in chain:
+                previous = docker.Image(
+                    f"{name}-{spec.repository}",
+                    image_name=spec.tag,
+                    build=docker.DockerBuildArgs(
+                        context=spec.context,
+                        dockerfile=spec.dockerfile,
+                        args=dict(spec.args),
+                    ),
+                    # Kind clusters get images with `kind load`; there is no registry to push to.
+                    skip_push=True,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[previous] if previous else []),
+                )
+            assert previous is not None
+            self.refs[component] = chain[-1].tag
+            self.built[component] = previous
+        self.register_outputs({"refs": self.refs})

@@ -1,0 +1,254 @@
+"""InfraCluster: the Kind cluster `keylime-infra` with the registrar, the push-mode verifier and the tenant."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import keylime_conf
+from components.endpoints import INFRA_CLUSTER, KEYLIME_NAMESPACE, REGISTRAR_PORT, REGISTRAR_TLS_PORT, SERVICE_NAMES, VERIFIER_PORT
+from components.images import KeylimeImages
+from components.kind_cluster import KindCluster, KindClusterArgs
+from components.pki import KeylimePki
+from components.pod_security import (
+    allow_ingress,
+    checkov_waivers,
+    deny_all_ingress,
+    container_security_context,
+    empty_dir,
+    pod_security_context,
+    resources,
+)
+from components.settings import Settings
+
+CONFIG_MAP = "keylime-config"
+DATA_CAPACITY = "1Gi"
+
+
+@dataclasses.dataclass
+class InfraClusterArgs:
+    settings: Settings
+    pki: KeylimePki
+    images: KeylimeImages
+
+
+class InfraCluster(pulumi.ComponentResource):
+    kind: KindCluster
+    tenant: k8s.apps.v1.Deployment
+    workloads: list[pulumi.Resource]
+
+    def __init__(self, name: str, args: InfraClusterArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("keylime:infra:InfraCluster", name, None, opts)
+        settings, pki, images = args.settings, args.pki, args.images
+        self._settings = settings
+        self._name = name
+        self.kind = KindCluster(
+            name,
+            KindClusterArgs(
+                cluster_name=INFRA_CLUSTER,
+                images={images.refs[c]: images.built[c] for c in ("registrar", "verifier", "tenant")},
+                # Published on the host too, so a VM on a libvirt network reaches them through the host.
+                host_ports=(settings.registrar_node_port, settings.registrar_tls_node_port, settings.verifier_node_port),
+            ),
+            pulumi.ResourceOptions(parent=self),
+        )
+        # Objects go when the cluster goes; deleting them one by one first would only slow destroy down.
+        self._opts = pulumi.ResourceOptions(
+            parent=self, provider=self.kind.provider, deleted_with=self.kind.cluster, depends_on=[self.kind.images_loaded]
+        )
+        namespace = k8s.core.v1.Namespace(
+            f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=self._opts
+        )
+        self._opts = pulumi.ResourceOptions.merge(self._opts, pulumi.ResourceOptions(depends_on=[namespace]))
+
+        k8s.core.v1.ConfigMap(
+            f"{name}-config",
+            metadata=self._metadata(CONFIG_MAP, "config"),
+            data={
+                "registrar.conf": keylime_conf.registrar_conf(settings),
+                "verifier.conf": keylime_conf.verifier_conf(settings),
+                "tenant.conf": keylime_conf.tenant_conf(settings),
+            },
+            opts=self._opts,
+        )
+        registrar_files = {keylime_conf.SERVER_CERT: pki.servers["registrar"].cert_pem,
+                           keylime_conf.SERVER_KEY: pki.servers["registrar"].private_key_pem}
+        verifier_files = {keylime_conf.SERVER_CERT: pki.servers["verifier"].cert_pem,
+                          keylime_conf.SERVER_KEY: pki.servers["verifier"].private_key_pem,
+                          keylime_conf.CLIENT_CERT: pki.clients["verifier-client"].cert_pem,
+                          keylime_conf.CLIENT_KEY: pki.clients["verifier-client"].private_key_pem}
+        tenant_files = {keylime_conf.CLIENT_CERT: pki.clients["tenant"].cert_pem,
+                        keylime_conf.CLIENT_KEY: pki.clients["tenant"].private_key_pem}
+        for component, files in (("registrar", registrar_files), ("verifier", verifier_files), ("tenant", tenant_files)):
+            k8s.core.v1.Secret(
+                f"{name}-{component}-tls",
+                metadata=self._metadata(f"keylime-{component}-tls", component),
+                type="Opaque",
+                string_data={keylime_conf.CA_CERT: pki.ca_cert_pem, **files},
+                opts=self._opts,
+            )
+
+        registrar = self._server(
+            "registrar",
+            images.refs["registrar"],
+            ports={"http": REGISTRAR_PORT, "https": REGISTRAR_TLS_PORT},
+            probe_port=REGISTRAR_TLS_PORT,
+            env={},
+            size=resources("100m", "128Mi", "500m", "512Mi"),
+        )
+        verifier = self._server(
+            "verifier",
+            images.refs["verifier"],
+            ports={"https": VERIFIER_PORT},
+            probe_port=VERIFIER_PORT,
+            # 7.13-7.14.0 templates put `mode` in the wrong section; the variable is read before any file.
+            env={"KEYLIME_VERIFIER_MODE": "push"},
+            size=resources("200m", "256Mi", "1", "1Gi"),
+        )
+        self.tenant = self._server(
+            "tenant",
+            images.refs["tenant"],
+            ports={},
+            probe_port=None,
+            env={},
+            size=resources("50m", "128Mi", "500m", "512Mi"),
+        )
+        registrar_service = self._node_port_service(
+            "registrar",
+            {
+                "http": (REGISTRAR_PORT, settings.registrar_node_port),
+                "https": (REGISTRAR_TLS_PORT, settings.registrar_tls_node_port),
+            },
+        )
+        verifier_service = self._node_port_service("verifier", {"https": (VERIFIER_PORT, settings.verifier_node_port)})
+        for policy_name, spec in (
+            ("default-deny-ingress", deny_all_ingress()),
+            ("registrar-ingress", allow_ingress({"app.kubernetes.io/name": "keylime-registrar"}, [REGISTRAR_PORT, REGISTRAR_TLS_PORT])),
+            ("verifier-ingress", allow_ingress({"app.kubernetes.io/name": "keylime-verifier"}, [VERIFIER_PORT])),
+        ):
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-{policy_name}",
+                metadata={"name": f"keylime-{policy_name}", "namespace": KEYLIME_NAMESPACE},
+                spec=spec,
+                opts=self._opts,
+            )
+        self.workloads = [registrar, verifier, self.tenant, registrar_service, verifier_service]
+        self.register_outputs({"cluster_name": INFRA_CLUSTER})
+
+    def _metadata(self, name: str, component: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "name": name,
+            "namespace": KEYLIME_NAMESPACE,
+            "labels": {"app.kubernetes.io/name": f"keylime-{component}", "app.kubernetes.io/part-of": "keylime-push"},
+        }
+        if annotations:
+            metadata["annotations"] = annotations
+        return metadata
+
+    def _server(
+        self,
+        component: str,
+        image: str,
+        ports: dict[str, int],
+        probe_port: int | None,
+        env: dict[str, str],
+        size: dict[str, Any],
+    ) -> k8s.apps.v1.Deployment:
+        settings = self._settings
+        uid, gid = settings.agent_uid, settings.agent_gid
+        labels = {"app.kubernetes.io/name": f"keylime-{component}"}
+        persistent = component in ("registrar", "verifier")
+        if persistent:
+            # sqlite on a PVC (Kind's default local-path class): enrollments and registrations survive
+            # pod restarts and rescheduling for as long as the cluster exists.
+            k8s.core.v1.PersistentVolumeClaim(
+                f"{self._name}-{component}-data",
+                metadata=self._metadata(
+                    f"keylime-{component}-data",
+                    component,
+                    # local-path binds on first use; waiting for Bound before the pod exists would never end.
+                    {"pulumi.com/skipAwait": "true"},
+                ),
+                spec={"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": DATA_CAPACITY}}},
+                opts=self._opts,
+            )
+        data_volume = (
+            {"name": "data", "persistentVolumeClaim": {"claimName": f"keylime-{component}-data"}}
+            if persistent
+            else empty_dir("data")
+        )
+        probe = {"tcpSocket": {"port": probe_port}, "periodSeconds": 10} if probe_port else None
+        container: dict[str, Any] = {
+            "name": component,
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "env": [
+                {"name": f"KEYLIME_{component.upper()}_CONFIG", "value": f"{keylime_conf.CONF_DIR}/{component}.conf"},
+                {"name": "KEYLIME_DIR", "value": keylime_conf.DATA_DIR},
+                *({"name": key, "value": value} for key, value in env.items()),
+            ],
+            "ports": [{"name": port_name, "containerPort": port} for port_name, port in ports.items()],
+            "securityContext": container_security_context(uid, gid),
+            "resources": size,
+            "volumeMounts": [
+                {"name": "config", "mountPath": keylime_conf.CONF_DIR, "readOnly": True},
+                {"name": "tls", "mountPath": keylime_conf.TLS_DIR, "readOnly": True},
+                {"name": "data", "mountPath": keylime_conf.DATA_DIR},
+                {"name": "run", "mountPath": "/run/keylime"},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        }
+        specific: dict[str, str] = {}
+        if probe:
+            container["readinessProbe"] = {**probe, "initialDelaySeconds": 3}
+            container["livenessProbe"] = {**probe, "initialDelaySeconds": 15}
+        else:
+            container["command"] = ["sleep", "infinity"]
+            idle = "the tenant is an idle container for kubectl exec keylime_tenant and serves nothing to probe"
+            specific = {"CKV_K8S_8": idle, "CKV_K8S_9": idle}
+        return k8s.apps.v1.Deployment(
+            f"{self._name}-{component}",
+            metadata=self._metadata(f"keylime-{component}", component, checkov_waivers("CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15", **specific)),
+            spec={
+                "replicas": 1,
+                # One sqlite writer: the old pod must stop before the new one opens the database.
+                "strategy": {"type": "Recreate"},
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        # Service links would inject KEYLIME_VERIFIER_PORT=tcp://..., which keylime reads as config.
+                        "enableServiceLinks": False,
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context(uid, gid),
+                        "containers": [container],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": CONFIG_MAP, "items": [{"key": f"{component}.conf", "path": f"{component}.conf"}]}},
+                            {"name": "tls", "secret": {"secretName": f"keylime-{component}-tls", "defaultMode": 0o440}},
+                            data_volume,
+                            empty_dir("run", "16Mi"),
+                            empty_dir("tmp"),
+                        ],
+                    },
+                },
+            },
+            opts=self._opts,
+        )
+
+    def _node_port_service(self, component: str, ports: dict[str, tuple[int, int]]) -> k8s.core.v1.Service:
+        return k8s.core.v1.Service(
+            f"{self._name}-{component}-service",
+            metadata=self._metadata(SERVICE_NAMES[component], component),  # type: ignore[index]
+            spec={
+                "type": "NodePort",
+                "selector": {"app.kubernetes.io/name": f"keylime-{component}"},
+                "ports": [
+                    {"name": port_name, "port": port, "targetPort": port, "nodePort": node_port}
+                    for port_name, (port, node_port) in ports.items()
+                ],
+            },
+            opts=self._opts,
+        )

@@ -1,0 +1,77 @@
+"""KindCluster: one Kind cluster, its kubeconfig, its Kubernetes provider and the images loaded into it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pulumi
+import pulumi_command as command
+import pulumi_docker as docker
+import pulumi_kubernetes as k8s
+
+from components.kind import kind_config
+
+KIND_SCRIPT = "components/scripts/kind-cluster.sh"
+
+
+@dataclasses.dataclass
+class KindClusterArgs:
+    cluster_name: str
+    images: dict[str, docker.Image]
+    """Image tag -> the build that produces it; each is loaded into the cluster's node."""
+    host_ports: tuple[int, ...] = ()
+
+
+class KindCluster(pulumi.ComponentResource):
+    cluster: command.local.Command
+    kubeconfig: pulumi.Output[str]
+    provider: k8s.Provider
+    images_loaded: command.local.Command
+
+    def __init__(self, name: str, args: KindClusterArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("keylime:kind:KindCluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        config = kind_config(args.cluster_name, args.host_ports)
+        environment = {"CLUSTER_NAME": args.cluster_name, "KIND_CONFIG": config}
+
+        self.cluster = command.local.Command(
+            f"{name}-cluster",
+            create=f"{KIND_SCRIPT} create",
+            delete=f"{KIND_SCRIPT} delete",
+            environment=environment,
+            # A changed Kind config needs a new cluster; the old one must go first, the name is a singleton.
+            triggers=[config],
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=True)),
+        )
+        kubeconfig = command.local.Command(
+            f"{name}-kubeconfig",
+            create=f"{KIND_SCRIPT} kubeconfig",
+            environment={"CLUSTER_NAME": args.cluster_name},
+            triggers=[self.cluster.id],
+            # The kubeconfig holds the cluster's admin credentials: secret in state, never in the log.
+            logging=command.local.Logging.NONE,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(additional_secret_outputs=["stdout"])),
+        )
+        self.kubeconfig = pulumi.Output.secret(kubeconfig.stdout)
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            # Only a new cluster (a new Command id) replaces the provider and everything it deployed;
+            # a refreshed kubeconfig for the same cluster does not.
+            cluster_identifier=self.cluster.id,
+            # `pulumi destroy` after the cluster vanished (or never came up) must not fail on its objects.
+            delete_unreachable=True,
+            opts=child,
+        )
+        tags = sorted(args.images)
+        self.images_loaded = command.local.Command(
+            f"{name}-images",
+            create=f"{KIND_SCRIPT} load",
+            environment={"CLUSTER_NAME": args.cluster_name, "IMAGES": " ".join(tags)},
+            # Tags carry the build's content hash: a new image means a new load, nothing else does.
+            triggers=tags,
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(depends_on=[self.cluster, *(args.images[tag] for tag in tags)])
+            ),
+        )
+        self.register_outputs({"cluster_name": args.cluster_name})

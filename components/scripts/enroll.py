@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Enroll, re-enroll, remove and verify push-model agents through the keylime tenant.
+
+    enroll.py add      wait (bounded) for EXPECTED_AGENTS registrations, enroll each one not yet enrolled
+    enroll.py update   wait likewise, then re-enroll every registered agent with the current TPM_POLICY
+    enroll.py delete   remove every agent from the verifier; succeeds when the infra cluster is gone
+    enroll.py verify   wait (bounded) until every enrolled agent has attested at least once
+
+Environment: TPM_POLICY (JSON), EXPECTED_AGENTS, WAIT_SECONDS (default 300), POLL_SECONDS (default 5),
+KUBE_SH (default: kube.sh beside this file) and what kube.sh reads (KUBECONFIG_DATA).
+add/update print {"enrolled": [...]} and verify prints {"agents": [...]} as JSON on stdout; progress
+goes to stderr. Exit status: 0 done, 1 the agents did not get there (the message names each one and
+why), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Registrar and verifier IDs: standard UUIDs, or 64-hex SHA-256 digests of the EK (uuid = "hash_ek").
+AGENT_ID = re.compile(r"\b(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{64})\b")
+PCR_MISMATCH = re.compile(r"PCR #\d+: \S+ from quote .* does not match expected value .*")
+
+
+class Failure(Exception):
+    """The agents did not reach the wanted state; the message says which and why."""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def kube(*args: str) -> str:
+    kube_sh = os.environ.get("KUBE_SH", str(Path(__file__).with_name("kube.sh")))
+    result = subprocess.run([kube_sh, *args], capture_output=True, text=True, check=False)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise Failure(f"kube.sh {' '.join(args[:3])} failed (exit {result.returncode}):\n{output.strip()}")
+    return output
+
+
+def tenant(*args: str) -> str:
+    return kube("tenant", *args)
+
+
+def json_after(output: str, marker: str) -> list[object]:
+    """The JSON documents keylime_tenant logs on the line after each `marker`."""
+    documents = []
+    decoder = json.JSONDecoder()
+    for match in re.finditer(re.escape(marker), output):
+        rest = output[match.end():]
+        start = rest.find("\n") + 1
+        try:
+            document, _ = decoder.raw_decode(rest[start:].lstrip())
+        except json.JSONDecodeError:
+            continue
+        documents.append(document)
+    return documents
+
+
+def agent_ids(output: str) -> list[str]:
+    """Agent IDs in the agent list that `-c reglist` / `-c cvlist` log."""
+    found: list[str] = []
+    for document in json_after(output, "retrieved:"):
+        found.extend(AGENT_ID.findall(json.dumps(document)))
+    return sorted(set(found))
+
+
+def registered() -> list[str]:
+    return agent_ids(tenant("-c", "reglist"))
+
+
+def enrolled() -> list[str]:
+    return agent_ids(tenant("-c", "cvlist"))
+
+
+def status(agent: str) -> dict[str, object]:
+    """The verifier's view of one agent, as `-c status --push-model` logs it."""
+    output = tenant("-c", "status", "-u", agent, "--push-model")
+    for document in json_after(output, "Agent Info from"):
+        if isinstance(document, dict) and isinstance(document.get(agent), dict):
+            if "attestation_count" in document[agent]:
+                return document[agent]
+    raise Failure(f"agent {agent}: the verifier reported no attestation status:\n{output.strip()}")
+
+
+def settings() -> tuple[int, float, float]:
+    try:
+        expected = int(os.environ["EXPECTED_AGENTS"])
+        wait = float(os.environ.get("WAIT_SECONDS", "300"))
+        poll = float(os.environ.get("POLL_SECONDS", "5"))
+    except (KeyError, ValueError) as error:
+        raise SystemExit(f"enroll.py: EXPECTED_AGENTS, WAIT_SECONDS and POLL_SECONDS must be numbers ({error})")
+    return expected, wait, poll
+
+
+def wait_for_registrations(expected: int, wait: float, poll: float) -> list[str]:
+    deadline = time.monotonic() + wait
+    while True:
+        agents = registered()
+        if len(agents) >= expected:
+            return agents
+        if time.monotonic() >= deadline:
+            raise Failure(
+                f"only {len(agents)} of {expected} agents registered within {wait:.0f} s "
+                f"(registered: {', '.join(agents) or 'none'}); read the agent logs with "
+                "kubectl --context kind-keylime-agents-<n> -n keylime logs ds/keylime-agent -c agent"
+            )
+        log(f"{len(agents)} of {expected} agents registered; waiting")
+        time.sleep(poll)
+
+
+def policy() -> str:
+    value = os.environ.get("TPM_POLICY", "")
+    try:
+        if not json.loads(value):
+            raise ValueError
+    except ValueError:
+        raise SystemExit("enroll.py: TPM_POLICY must be a non-empty JSON object (an empty policy never attests)")
+    return value
+
+
+def enroll(agent: str, tpm_policy: str) -> None:
+    log(f"enrolling {agent} with TPM policy {tpm_policy}")
+    tenant("-c", "add", "--push-model", "-u", agent, "--tpm_policy", tpm_policy)
+
+
+def add() -> dict[str, object]:
+    tpm_policy = policy()
+    agents = wait_for_registrations(*settings())
+    already = set(enrolled())
+    for agent in agents:
+        if agent in already:
+            log(f"{agent} is already enrolled")
+        else:
+            enroll(agent, tpm_policy)
+    return {"enrolled": agents}
+
+
+def update() -> dict[str, object]:
+    tpm_policy = policy()
+    agents = wait_for_registrations(*settings())
+    for agent in agents:  # `-c add` replaces an existing enrollment, so this applies the new policy
+        enroll(agent, tpm_policy)
+    return {"enrolled": agents}
+
+
+def delete() -> dict[str, object]:
+    try:
+        kube("ping")
+    except Failure:
+        log("the infra cluster does not answer; its agents went with it, nothing to remove")
+        return {"removed": []}
+    agents = enrolled()
+    for agent in agents:
+        log(f"removing {agent} from the verifier")
+        tenant("-c", "delete", "-u", agent, "--push-model")
+    return {"removed": agents}
+
+
+def failure_reason(agent: str) -> str:
+    """The verifier records why a quote failed only in its log: quote the PCR lines."""
+    try:
+        lines = kube("verifier-log").splitlines()
+    except Failure as error:
+        return f"(verifier log unavailable: {error})"
+    mismatches = [match.group(0) for line in lines if (match := PCR_MISMATCH.search(line))]
+    if mismatches:
+        return "policy_violation: " + mismatches[-1]
+    return "see kubectl -n keylime logs deploy/keylime-verifier"
+
+
+def verify() -> dict[str, object]:
+    expected, wait, poll = settings()
+    deadline = time.monotonic() + wait
+    while True:
+        agents = enrolled()
+        states = {agent: status(agent) for agent in agents}
+        failed = [agent for agent, state in states.items() if state.get("attestation_status") == "FAIL"]
+        if failed:
+            raise Failure("\n".join(f"agent {agent}: attestation FAIL, {failure_reason(agent)}" for agent in failed))
+        pending = [agent for agent, state in states.items() if not int(state.get("attestation_count") or 0) > 0]
+        if len(agents) >= expected and not pending:
+            return {
+                "agents": [
+                    {
+                        "uuid": agent,
+                        "attestation_count": states[agent]["attestation_count"],
+                        "attestation_status": states[agent].get("attestation_status"),
+                    }
+                    for agent in agents
+                ]
+            }
+        if time.monotonic() >= deadline:
+            problems = [f"agent {a}: enrolled, not attested yet ({states[a].get('attestation_status')})" for a in pending]
+            if len(agents) < expected:
+                problems.append(f"only {len(agents)} of {expected} agents are enrolled")
+            raise Failure(f"not every agent attested within {wait:.0f} s:\n" + "\n".join(problems))
+        log(f"{len(agents) - len(pending)} of {expected} agents attested; waiting")
+        time.sleep(poll)
+
+
+ACTIONS = {"add": add, "update": update, "delete": delete, "verify": verify}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[1] not in ACTIONS:
+        print(f"usage: {argv[0]} {'|'.join(ACTIONS)}", file=sys.stderr)
+        return 2
+    try:
+        result = ACTIONS[argv[1]]()
+    except Failure as error:
+        print(f"enroll.py {argv[1]}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

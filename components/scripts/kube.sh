@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# kubectl access to the infra cluster's keylime namespace, for enroll.py.
+#   kube.sh tenant ARGS...   run `keylime_tenant ARGS...` in the tenant pod
+#   kube.sh verifier-log     print the verifier's recent log (PCR mismatches are only reported there)
+#   kube.sh ping             succeed when the infra cluster's API server answers
+# KUBECONFIG_DATA, when set, is the kubeconfig itself; it only ever lands in a private temporary file.
+set -euo pipefail
+
+namespace="${KEYLIME_NAMESPACE:-keylime}"
+
+if [[ -n "${KUBECONFIG_DATA:-}" ]]; then
+    kubeconfig="$(mktemp)"
+    trap 'rm -f "${kubeconfig}"' EXIT
+    chmod 600 "${kubeconfig}"
+    printf '%s\n' "${KUBECONFIG_DATA}" > "${kubeconfig}"
+    export KUBECONFIG="${kubeconfig}"
+fi
+
+case "${1:-}" in
+tenant)
+    shift
+    kubectl --namespace "${namespace}" exec deploy/keylime-tenant --container tenant -- keylime_tenant "$@"
+    ;;
+verifier-log)
+    kubectl --namespace "${namespace}" logs deploy/keylime-verifier --tail="${LOG_LINES:-500}"
+    ;;
+ping)
+    kubectl get --raw /readyz --request-timeout=10s >/dev/null
+    ;;
+*)
+    echo "usage: $0 tenant ARGS...|verifier-log|ping" >&2
+    exit 64
+    ;;
+esac
