@@ -7,7 +7,12 @@ STACK ?= swtpm
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
 
-.PHONY: setup swtpm hwtpm verify clean test render
+.PHONY: setup swtpm hwtpm verify enroll clean test render
+
+# What the enrollment script needs, read from the stack's outputs (the kubeconfig never reaches the terminal).
+ENROLL_ENV = KUBECONFIG_DATA="$$(pulumi stack output infraKubeconfig --show-secrets --stack $(STACK))" \
+	EXPECTED_AGENTS="$$(pulumi stack output agentCount --stack $(STACK))" \
+	TPM_POLICY="$$(pulumi stack output tpmPolicy --stack $(STACK))"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +28,14 @@ setup: $(VENV)/.installed $(PULUMI_CONFIG_PASSPHRASE_FILE)
 
 swtpm hwtpm: setup
 	pulumi up --stack $@ --yes
+
+# Re-check that every agent attests (exit 1 names each agent that does not, and why).
+verify:
+	$(ENROLL_ENV) components/scripts/enroll.py verify
+
+# Enroll agents that registered since `pulumi up` (a recreated agent pod has a new TPM, so a new UUID).
+enroll:
+	$(ENROLL_ENV) components/scripts/enroll.py add
 
 clean:
 	for stack in swtpm hwtpm; do \

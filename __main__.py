@@ -57,6 +57,8 @@ pulumi.export("agentClusters", [agent_cluster_name(index) for index in range(1, 
 pulumi.export("registrarEndpoint", dial(settings, "agent", "registrar").url)
 pulumi.export("verifierEndpoint", dial(settings, "agent", "verifier").url)
 pulumi.export("caCertificate", pki.ca_cert_pem)
+pulumi.export("agentCount", agent_count(settings))
+pulumi.export("tpmPolicy", settings.tpm_policy_json)
 pulumi.export("enrolledAgents", enrollment.enrolled)
 pulumi.export("attestation", enrollment.attestation)
 pulumi.export("infraKubeconfig", infra.kind.kubeconfig)

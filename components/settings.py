@@ -234,10 +234,19 @@ def _vm_network(raw: str) -> str:
     return str(network)
 
 
-def _directory(raw: str) -> str:
-    if not raw or not os.path.isdir(raw):
-        raise ValueError("not an existing directory")
-    return raw
+# The file of each clone that the local image build starts from.
+CLONE_MARKERS = {"keylimeGit": "keylime/__init__.py", "rustKeylimeGit": "docker/release/Dockerfile.fedora"}
+
+
+def _clone(key: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not raw or not os.path.isdir(raw):
+            raise ValueError("not an existing directory")
+        if not os.path.isfile(os.path.join(raw, CLONE_MARKERS[key])):
+            raise ValueError(f"no {CLONE_MARKERS[key]} in it")
+        return raw
+
+    return parse
 
 
 def parse_settings(raw: Mapping[str, str]) -> Settings:
@@ -275,9 +284,14 @@ def parse_settings(raw: Mapping[str, str]) -> Settings:
     vm_network = read.parse("vmNetworkCidr", "a private IPv4 network in CIDR form, /29 or larger", _vm_network, "")
     keylime_git = rust_keylime_git = None
     if image_source == "local":
-        keylime_git = read.parse("keylimeGit", "the path of a keylime clone (required when imageSource=local)", _directory, None)
+        keylime_git = read.parse(
+            "keylimeGit", "the path of a keylime clone (required when imageSource=local)", _clone("keylimeGit"), None
+        )
         rust_keylime_git = read.parse(
-            "rustKeylimeGit", "the path of a rust-keylime clone (required when imageSource=local)", _directory, None
+            "rustKeylimeGit",
+            "the path of a rust-keylime clone (required when imageSource=local)",
+            _clone("rustKeylimeGit"),
+            None,
         )
 
     if registrar_port and verifier_port and verifier_port in (registrar_port, registrar_port + 1):

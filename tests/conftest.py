@@ -38,3 +38,24 @@ def swtpm() -> ProgramRun:
 @pytest.fixture(scope="module")
 def hwtpm() -> ProgramRun:
     return run_program("hwtpm")
+
+
+def pod_spec(resource) -> dict:
+    return resource.plain["spec"]["template"]["spec"]
+
+
+def all_containers(resource) -> list[dict]:
+    spec = pod_spec(resource)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def kube_objects(run: ProgramRun, kind: str, cluster: str | None = None) -> list:
+    """Kubernetes objects of `kind`, optionally only those sent through the provider `<cluster>-k8s`."""
+    found = [r for r in run.resources if r.type.startswith("kubernetes:") and r.type.endswith(f":{kind}")]
+    if cluster is not None:
+        found = [r for r in found if r.provider.split("::")[-2] == f"{cluster}-k8s"]
+    return found
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {item["name"]: item.get("value") for item in container.get("env", [])}

@@ -108,9 +108,18 @@ def test_clashing_node_ports_are_refused_including_the_registrar_tls_port():
 
 
 def test_local_images_need_both_clones(tmp_path):
-    problems = problems_for(imageSource="local", keylimeGit=str(tmp_path), rustKeylimeGit=str(tmp_path / "missing"))
+    (tmp_path / "keylime").mkdir()
+    (tmp_path / "keylime" / "keylime" / "__init__.py").parent.mkdir()
+    (tmp_path / "keylime" / "keylime" / "__init__.py").write_text("")
+    problems = problems_for(imageSource="local", keylimeGit=str(tmp_path / "keylime"), rustKeylimeGit=str(tmp_path / "missing"))
     assert [p.split(":")[1] for p in problems] == ["rustKeylimeGit"]
-    assert "required when imageSource=local" in problems[0]
+    assert "required when imageSource=local" in problems[0] and "not an existing directory" in problems[0]
+
+
+def test_a_folder_that_is_not_the_named_clone_is_refused(tmp_path):
+    problems = problems_for(imageSource="local", keylimeGit=str(tmp_path), rustKeylimeGit=str(tmp_path))
+    assert [p.split(":")[1] for p in problems] == ["keylimeGit", "rustKeylimeGit"]
+    assert "no docker/release/Dockerfile.fedora in it" in problems[1]
 
 
 def test_a_literal_uuid_shared_by_several_agents_is_refused():

@@ -49,18 +49,22 @@ def tenant(*args: str) -> str:
     return kube("tenant", *args)
 
 
-def json_after(output: str, marker: str) -> list[object]:
-    """The JSON documents keylime_tenant logs on the line after each `marker`."""
+def json_after(output: str, marker: str) -> list[dict]:
+    """The JSON objects keylime_tenant logs alone on the line after each `marker`.
+
+    The image's logging.conf sends the log to stdout, keylime's fallback to stderr: callers pass both.
+    """
     documents = []
     decoder = json.JSONDecoder()
     for match in re.finditer(re.escape(marker), output):
         rest = output[match.end():]
         start = rest.find("\n") + 1
         try:
-            document, _ = decoder.raw_decode(rest[start:].lstrip())
+            document, _ = decoder.raw_decode(rest[start:])
         except json.JSONDecodeError:
             continue
-        documents.append(document)
+        if isinstance(document, dict):
+            documents.append(document)
     return documents
 
 
@@ -83,10 +87,10 @@ def enrolled() -> list[str]:
 def status(agent: str) -> dict[str, object]:
     """The verifier's view of one agent, as `-c status --push-model` logs it."""
     output = tenant("-c", "status", "-u", agent, "--push-model")
+    # The registrar's "Agent Info" comes first; the verifier's is the one with attestation fields.
     for document in json_after(output, "Agent Info from"):
-        if isinstance(document, dict) and isinstance(document.get(agent), dict):
-            if "attestation_count" in document[agent]:
-                return document[agent]
+        if isinstance(document.get(agent), dict) and "attestation_count" in document[agent]:
+            return document[agent]
     raise Failure(f"agent {agent}: the verifier reported no attestation status:\n{output.strip()}")
 
 
@@ -126,9 +130,10 @@ def policy() -> str:
     return value
 
 
-def enroll(agent: str, tpm_policy: str) -> None:
-    log(f"enrolling {agent} with TPM policy {tpm_policy}")
-    tenant("-c", "add", "--push-model", "-u", agent, "--tpm_policy", tpm_policy)
+def enroll(agent: str, tpm_policy: str, replace: bool = False) -> None:
+    """`-c add` refuses an enrolled agent (409); `-c update` deletes and adds it again."""
+    log(f"{'re-enrolling' if replace else 'enrolling'} {agent} with TPM policy {tpm_policy}")
+    tenant("-c", "update" if replace else "add", "--push-model", "-u", agent, "--tpm_policy", tpm_policy)
 
 
 def add() -> dict[str, object]:
@@ -146,8 +151,9 @@ def add() -> dict[str, object]:
 def update() -> dict[str, object]:
     tpm_policy = policy()
     agents = wait_for_registrations(*settings())
-    for agent in agents:  # `-c add` replaces an existing enrollment, so this applies the new policy
-        enroll(agent, tpm_policy)
+    already = set(enrolled())
+    for agent in agents:
+        enroll(agent, tpm_policy, replace=agent in already)
     return {"enrolled": agents}
 
 

@@ -1,0 +1,98 @@
+"""The agent DaemonSet as declared: non-root everywhere, the push agent's environment, swtpm beside it."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+from conftest import ROOT, all_containers, env_of, kube_objects, pod_spec, settings_for
+
+from components import keylime_conf
+from tools.offline import fake_pem
+
+
+def agent_daemon_sets(run):
+    return kube_objects(run, "DaemonSet")
+
+
+def test_one_agent_daemon_set_per_agent_cluster(run):
+    program = run("swtpm", agentClusters=3)
+    clusters = sorted(r.provider.split("::")[-2] for r in agent_daemon_sets(program))
+    assert clusters == ["agents-1-k8s", "agents-2-k8s", "agents-3-k8s"]
+
+
+@pytest.mark.parametrize(("uid", "gid"), [(490, 490), (1234, 2345)])
+def test_every_container_runs_as_the_configured_non_root_user_with_nothing_extra(run, uid, gid):
+    for daemon_set in agent_daemon_sets(run("swtpm", agentUid=uid, agentGid=gid)):
+        pod = pod_spec(daemon_set)["securityContext"]
+        assert (pod["runAsUser"], pod["runAsGroup"], pod["fsGroup"], pod["runAsNonRoot"]) == (uid, gid, gid, True)
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert "supplementalGroups" not in pod
+        for container in all_containers(daemon_set):
+            context = container["securityContext"]
+            assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid), container["name"]
+            assert context["runAsNonRoot"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["privileged"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert context["readOnlyRootFilesystem"] is True
+
+
+def test_the_agent_gets_the_push_model_environment(swtpm):
+    (agent,) = [c for c in pod_spec(agent_daemon_sets(swtpm)[0])["containers"] if c["name"] == "agent"]
+    env = env_of(agent)
+    assert agent["command"] == ["/bin/keylime_push_model_agent"]
+    assert env["TCTI"] == "swtpm:host=localhost,port=2321"
+    assert env["KEYLIME_AGENT_RUN_AS"] == ""
+    assert env["KEYLIME_AGENT_ENABLE_AUTHENTICATION"] == "true"
+    assert env["SSL_CERT_FILE"] == f"{keylime_conf.TLS_DIR}/{keylime_conf.CA_CERT}"
+    assert env["KEYLIME_AGENT_CONFIG"] == f"{keylime_conf.CONF_DIR}/agent.conf"
+    mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
+    assert mounts[keylime_conf.TLS_DIR] == "ca" and mounts[keylime_conf.CONF_DIR] == "config"
+
+
+def test_the_ca_the_agent_trusts_comes_from_a_secret_holding_the_pki_ca(swtpm):
+    volumes = {v["name"]: v for v in pod_spec(agent_daemon_sets(swtpm)[0])["volumes"]}
+    secret_name = volumes["ca"]["secret"]["secretName"]
+    (secret,) = [s for s in kube_objects(swtpm, "Secret", "agents-1") if s.plain["metadata"]["name"] == secret_name]
+    assert set(secret.plain["stringData"]) == {keylime_conf.CA_CERT}
+    assert secret.plain["stringData"][keylime_conf.CA_CERT] == fake_pem("CERTIFICATE", "pki-ca")
+
+
+def test_agent_conf_in_the_config_map_is_the_rendered_one(run):
+    program = run("swtpm", uuid="generate", verifierNodePort=31881)
+    (config,) = kube_objects(program, "ConfigMap", "agents-1")
+    agent = tomllib.loads(config.plain["data"]["agent.conf"])["agent"]
+    assert agent == tomllib.loads(keylime_conf.agent_conf(settings_for("swtpm", uuid="generate", verifierNodePort=31881)))["agent"]
+    assert agent["uuid"] == "generate" and agent["verifier_url"].endswith(":31881")
+
+
+def test_swtpm_is_a_native_sidecar_started_after_its_state_and_before_the_agent(swtpm):
+    spec = pod_spec(agent_daemon_sets(swtpm)[0])
+    init, sidecar = spec["initContainers"]
+    assert init["name"] == "swtpm-init" and "restartPolicy" not in init
+    assert sidecar["name"] == "swtpm" and sidecar["restartPolicy"] == "Always"
+    assert sidecar["startupProbe"]["exec"]["command"][0] == "swtpm_ioctl"
+    command = " ".join(sidecar["command"])
+    assert "type=tcp,port=2321,bindaddr=127.0.0.1" in command and "type=tcp,port=2322,bindaddr=127.0.0.1" in command
+
+
+def test_the_swtpm_init_container_runs_the_repository_script(swtpm):
+    (config,) = kube_objects(swtpm, "ConfigMap", "agents-2")
+    script = (ROOT / "components" / "scripts" / "swtpm-init.sh").read_text()
+    assert config.plain["data"]["swtpm-init.sh"] == script
+    init = pod_spec(agent_daemon_sets(swtpm)[0])["initContainers"][0]
+    assert init["command"] == ["/bin/bash", "/opt/keylime-push/swtpm-init.sh"]
+
+
+def test_no_agent_pod_can_be_reached_from_outside(swtpm):
+    policies = kube_objects(swtpm, "NetworkPolicy", "agents-1")
+    assert [p.plain["spec"] for p in policies] == [{"podSelector": {}, "policyTypes": ["Ingress"]}]
+
+
+def test_agent_pods_take_no_service_links_and_no_api_token(swtpm):
+    for daemon_set in agent_daemon_sets(swtpm):
+        spec = pod_spec(daemon_set)
+        assert spec["enableServiceLinks"] is False
+        assert spec["automountServiceAccountToken"] is False

@@ -1,0 +1,68 @@
+"""Kind clusters as Commands: lifecycle options, secret kubeconfigs, image loads keyed to content."""
+
+from __future__ import annotations
+
+import yaml
+
+from components.images import build_specs
+from conftest import settings_for
+
+
+def test_kind_configs_publish_the_node_ports_on_the_infra_node_only(swtpm):
+    infra = yaml.safe_load(swtpm.named("infra-cluster").plain["environment"]["KIND_CONFIG"])
+    assert infra["name"] == "keylime-infra"
+    (node,) = infra["nodes"]
+    assert sorted(m["hostPort"] for m in node["extraPortMappings"]) == [30881, 30890, 30891]
+    assert all(m["containerPort"] == m["hostPort"] and m["listenAddress"] == "0.0.0.0" for m in node["extraPortMappings"])
+    agents = yaml.safe_load(swtpm.named("agents-2-cluster").plain["environment"]["KIND_CONFIG"])
+    assert agents["name"] == "keylime-agents-2" and "extraPortMappings" not in agents["nodes"][0]
+
+
+def test_a_cluster_is_replaced_delete_first_when_its_config_changes(swtpm):
+    for name in ("infra-cluster", "agents-1-cluster", "agents-2-cluster"):
+        cluster = swtpm.named(name)
+        assert cluster.delete_before_replace is True
+        assert cluster.plain["triggers"] == [cluster.plain["environment"]["KIND_CONFIG"]]
+        assert cluster.plain["create"].endswith("kind-cluster.sh create")
+        assert cluster.plain["delete"].endswith("kind-cluster.sh delete")
+
+
+def test_kubeconfigs_are_secret_and_never_logged(swtpm):
+    for name in ("infra-kubeconfig", "agents-1-kubeconfig"):
+        kubeconfig = swtpm.named(name)
+        assert kubeconfig.additional_secret_outputs == ["stdout"]
+        assert kubeconfig.plain["logging"] == "none"
+        assert kubeconfig.plain["triggers"] == [f"{name.removesuffix('-kubeconfig')}-cluster-id"]
+    assert swtpm.outputs["infraKubeconfig"].secret is True
+
+
+def test_images_are_loaded_again_only_when_their_content_hash_changes(run):
+    base, changed = run("swtpm"), run("swtpm", agentUid=1000)
+    load, load_changed = base.named("agents-1-images").plain, changed.named("agents-1-images").plain
+    tag = build_specs(settings_for("swtpm"))["agent"][-1].tag
+    assert load["triggers"] == [tag] and load["environment"]["IMAGES"] == tag
+    assert load_changed["triggers"] != load["triggers"]
+    assert base.named("infra-images").plain["triggers"] == run("swtpm", agentClusters=5).named("infra-images").plain["triggers"]
+
+
+def test_workloads_use_the_loaded_tags_with_if_not_present(swtpm):
+    specs = build_specs(settings_for("swtpm"))
+    for resource in swtpm.resources:
+        if resource.type == "kubernetes:apps/v1:DaemonSet":
+            images = {c["image"] for c in resource.plain["spec"]["template"]["spec"]["containers"]}
+            assert images == {specs["agent"][-1].tag}
+
+
+def test_local_images_build_from_the_clones_then_add_the_thin_layer(run, tmp_path):
+    for clone, marker in (("keylime", "keylime/__init__.py"), ("rust-keylime", "docker/release/Dockerfile.fedora")):
+        (tmp_path / clone / ".git").mkdir(parents=True)
+        (tmp_path / clone / ".git" / "HEAD").write_text("0123456789abcdef\n")
+        (tmp_path / clone / marker).parent.mkdir(parents=True)
+        (tmp_path / clone / marker).write_text("FROM scratch\n")
+    program = run("swtpm", imageSource="local", keylimeGit=str(tmp_path / "keylime"), rustKeylimeGit=str(tmp_path / "rust-keylime"))
+    source = program.named("images-agent-source").plain
+    assert source["build"]["context"] == str(tmp_path / "rust-keylime")
+    assert source["build"]["dockerfile"] == f"{tmp_path / 'rust-keylime'}/docker/release/Dockerfile.fedora"
+    thin = program.named("images-agent")
+    assert thin.plain["build"]["args"]["BASE_IMAGE"] == source["imageName"]
+    assert program.named("images-agent-source").urn in thin.dependencies
