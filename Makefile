@@ -3,6 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 PYTHON ?= python3
 VENV := venv
+VALIDATORS_VENV := venv-validators
 STACK ?= swtpm
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
@@ -17,6 +18,11 @@ ENROLL_ENV = KUBECONFIG_DATA="$$(pulumi stack output infraKubeconfig --show-secr
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(VALIDATORS_VENV)/.installed: requirements-validators.txt
+	$(PYTHON) -m venv $(VALIDATORS_VENV)
+	$(VALIDATORS_VENV)/bin/pip install --quiet -r requirements-validators.txt
 	touch $@
 
 $(PULUMI_CONFIG_PASSPHRASE_FILE):
@@ -42,8 +48,8 @@ clean:
 	  if pulumi stack select $$stack 2>/dev/null; then pulumi destroy --stack $$stack --yes; fi; \
 	done
 
-test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest
+test: $(VENV)/.installed $(VALIDATORS_VENV)/.installed
+	VALIDATORS_BIN=$(CURDIR)/$(VALIDATORS_VENV)/bin $(VENV)/bin/python -m pytest
 
 render: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.render --stack $(STACK)
