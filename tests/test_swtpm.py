@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, pod_spec
 
-from components.agent_cluster import SWTPM_CTRL_PORT, SWTPM_PORT
+from components.agent_workload import SWTPM_CTRL_PORT, SWTPM_PORT
 
 INIT_SCRIPT = ROOT / "components" / "scripts" / "swtpm-init.sh"
 RSA_EK_CERT_INDEX = "0x1c00002"

@@ -1,0 +1,193 @@
+"""The push agent's Kubernetes objects, shared by the Kind agent clusters (swtpm) and the VM (hardware TPM).
+
+Not a component of its own: AgentCluster and VtpmVm each declare these objects on their cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import keylime_conf
+from components.endpoints import KEYLIME_NAMESPACE
+from components.pod_security import (
+    checkov_waivers,
+    container_security_context,
+    deny_all_ingress,
+    empty_dir,
+    pod_security_context,
+    resources,
+)
+from components.settings import Settings
+
+TpmAccess = Literal["swtpm", "device"]
+
+SWTPM_PORT = 2321
+SWTPM_CTRL_PORT = 2322
+SWTPM_STATE_DIR = "/var/lib/swtpm"
+TPM_DEVICE = "/dev/tpmrm0"
+TCTI: dict[TpmAccess, str] = {"swtpm": f"swtpm:host=localhost,port={SWTPM_PORT}", "device": f"device:{TPM_DEVICE}"}
+# squat/generic-device-plugin advertises the VM's resource-managed TPM under this name.
+TPM_RESOURCE = "squat.ai/tpm"
+SCRIPTS_DIR = "/opt/keylime-push"
+SWTPM_INIT_SCRIPT = Path(__file__).with_name("scripts") / "swtpm-init.sh"
+AGENT_CONFIG = "keylime-agent-config"
+CA_SECRET = "keylime-ca"
+LABELS = {"app.kubernetes.io/name": "keylime-agent"}
+NO_PROBE = "the push agent opens no port (it only dials out); a crash restarts the container"
+
+
+def agent_env(tpm: TpmAccess) -> list[dict[str, str]]:
+    """The agent's environment; everything else it reads comes from agent.conf."""
+    return [
+        {"name": "KEYLIME_AGENT_CONFIG", "value": f"{keylime_conf.CONF_DIR}/agent.conf"},
+        {"name": "TCTI", "value": TCTI[tpm]},
+        # The image's default run_as ("keylime:tss") would try to drop root privileges the pod never grants.
+        {"name": "KEYLIME_AGENT_RUN_AS", "value": ""},
+        # PoP bearer tokens: the verifier authorises agents by them (mandatory since rust-keylime 0.2.9).
+        {"name": "KEYLIME_AGENT_ENABLE_AUTHENTICATION", "value": "true"},
+        # The authentication client verifies the verifier through the system trust store, not verifier_tls_ca_cert.
+        {"name": "SSL_CERT_FILE", "value": f"{keylime_conf.TLS_DIR}/{keylime_conf.CA_CERT}"},
+        {"name": "RUST_LOG", "value": "keylime_push_model_agent=info,keylime=info"},
+    ]
+
+
+def metadata(name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": KEYLIME_NAMESPACE,
+        "labels": {**LABELS, "app.kubernetes.io/part-of": "keylime-push"},
+        **({"annotations": annotations} if annotations else {}),
+    }
+
+
+def _swtpm_containers(image: str, security: dict[str, Any]) -> list[dict[str, Any]]:
+    swtpm_probe = {"exec": {"command": ["swtpm_ioctl", "--tcp", f"127.0.0.1:{SWTPM_CTRL_PORT}", "-c"]}}
+    return [
+        {
+            # Creates the TPM's EK and EK certificate once per pod, as the agent's own user: the
+            # script keeps swtpm's local CA in the pod's state volume, so no root is needed.
+            "name": "swtpm-init",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/bash", f"{SCRIPTS_DIR}/swtpm-init.sh"],
+            "env": [{"name": "SWTPM_STATE_DIR", "value": SWTPM_STATE_DIR}],
+            "securityContext": security,
+            "resources": resources("50m", "32Mi", "500m", "128Mi"),
+            "volumeMounts": [
+                {"name": "swtpm-state", "mountPath": SWTPM_STATE_DIR},
+                {"name": "config", "mountPath": SCRIPTS_DIR, "readOnly": True},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        },
+        {
+            # A native sidecar: started, and probed ready, before the agent starts.
+            "name": "swtpm",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "restartPolicy": "Always",
+            "command": [
+                "swtpm", "socket", "--tpm2",
+                "--tpmstate", f"dir={SWTPM_STATE_DIR}",
+                # Loopback only: the TPM is the pod's own, no other pod may talk to it.
+                "--server", f"type=tcp,port={SWTPM_PORT},bindaddr=127.0.0.1",
+                "--ctrl", f"type=tcp,port={SWTPM_CTRL_PORT},bindaddr=127.0.0.1",
+                "--flags", "startup-clear",
+            ],
+            "startupProbe": {**swtpm_probe, "periodSeconds": 1, "failureThreshold": 30},
+            "livenessProbe": {**swtpm_probe, "periodSeconds": 20},
+            "securityContext": security,
+            "resources": resources("50m", "32Mi", "500m", "128Mi"),
+            "volumeMounts": [
+                {"name": "swtpm-state", "mountPath": SWTPM_STATE_DIR},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        },
+    ]
+
+
+def declare_agent_workload(
+    name: str,
+    settings: Settings,
+    image: str,
+    ca_cert_pem: pulumi.Input[str],
+    tpm: TpmAccess,
+    opts: pulumi.ResourceOptions,
+) -> k8s.apps.v1.DaemonSet:
+    """Namespace, CA Secret, agent ConfigMap, deny-ingress policy and the agent DaemonSet."""
+    namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=opts)
+    opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[namespace]))
+    ca_secret = k8s.core.v1.Secret(
+        f"{name}-ca",
+        metadata=metadata(CA_SECRET),
+        type="Opaque",
+        string_data={keylime_conf.CA_CERT: ca_cert_pem},
+        opts=opts,
+    )
+    files = {"agent.conf": keylime_conf.agent_conf(settings)}
+    if tpm == "swtpm":
+        files["swtpm-init.sh"] = SWTPM_INIT_SCRIPT.read_text()
+    config = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(AGENT_CONFIG), data=files, opts=opts)
+    # The agent only dials out; nothing may connect to it.
+    k8s.networking.v1.NetworkPolicy(
+        f"{name}-default-deny-ingress",
+        metadata=metadata("keylime-default-deny-ingress"),
+        spec=deny_all_ingress(),
+        opts=opts,
+    )
+
+    uid, gid = settings.agent_uid, settings.agent_gid
+    security = container_security_context(uid, gid)
+    agent_resources = resources("50m", "64Mi", "500m", "256Mi")
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": AGENT_CONFIG, "defaultMode": 0o555}},
+        {"name": "ca", "secret": {"secretName": CA_SECRET, "defaultMode": 0o444}},
+        empty_dir("keylime-dir", "64Mi"),
+        empty_dir("tmp"),
+    ]
+    pod: dict[str, Any] = {
+        # A Service named keylime-agent would inject KEYLIME_AGENT_* variables, which the agent reads as config.
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(uid, gid),
+        "volumes": volumes,
+    }
+    if tpm == "swtpm":
+        pod["initContainers"] = _swtpm_containers(image, security)
+        # The TPM's state lives as long as the pod: a new pod is a new TPM with a new EK, so a new
+        # hash_ek UUID that registers on its own and needs `make enroll`.
+        volumes.append(empty_dir("swtpm-state", "16Mi"))
+    else:
+        # The device plugin hands the pod /dev/tpmrm0; containerd's device_ownership_from_security_context
+        # gives it to runAsUser/runAsGroup, so no supplementalGroups (tss) and no privilege are needed.
+        agent_resources["limits"][TPM_RESOURCE] = "1"
+        agent_resources["requests"][TPM_RESOURCE] = "1"
+    pod["containers"] = [
+        {
+            "name": "agent",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/keylime_push_model_agent"],
+            "env": agent_env(tpm),
+            "securityContext": security,
+            "resources": agent_resources,
+            "volumeMounts": [
+                {"name": "config", "mountPath": keylime_conf.CONF_DIR, "readOnly": True},
+                {"name": "ca", "mountPath": keylime_conf.TLS_DIR, "readOnly": True},
+                {"name": "keylime-dir", "mountPath": keylime_conf.AGENT_KEYLIME_DIR},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        }
+    ]
+    return k8s.apps.v1.DaemonSet(
+        f"{name}-agent",
+        metadata=metadata(
+            "keylime-agent",
+            checkov_waivers("CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15", CKV_K8S_8=NO_PROBE, CKV_K8S_9=NO_PROBE),
+        ),
+        spec={"selector": {"matchLabels": LABELS}, "template": {"metadata": {"labels": LABELS}, "spec": pod}},
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[ca_secret, config])),
+    )
