@@ -16,6 +16,7 @@ from components.infra_cluster import InfraCluster, InfraClusterArgs
 from components.keylime_conf import agent_count
 from components.pki import KeylimePki, KeylimePkiArgs
 from components.settings import load_settings
+from components.vtpm_vm import VtpmVm, VtpmVmArgs
 
 settings = load_settings()
 
@@ -33,20 +34,25 @@ pki = KeylimePki(
 images = KeylimeImages("images", KeylimeImagesArgs(settings), local)
 infra = InfraCluster("infra", InfraClusterArgs(settings, pki, images), local)
 
-agents = [
-    AgentCluster(f"agents-{index}", AgentClusterArgs(settings, index, pki.ca_cert_pem, images), local)
-    for index in range(1, settings.agent_clusters + 1)
-] if settings.tpm_mode == "swtpm" else []
+if settings.tpm_mode == "swtpm":
+    agents = [
+        AgentCluster(f"agents-{index}", AgentClusterArgs(settings, index, pki.ca_cert_pem, images), local)
+        for index in range(1, settings.agent_clusters + 1)
+    ]
+    agent_hosts = [(agent.kind.cluster.id, agent.daemon_set) for agent in agents]
+else:
+    vm = VtpmVm("vm", VtpmVmArgs(settings, pki.ca_cert_pem, images), pulumi.ResourceOptions(providers=[command_provider, docker_provider, tls_provider]))
+    agents = []
+    agent_hosts = [(vm.domain.id, vm.daemon_set)]
 
-# hwtpm's VM agents (VtpmVm) are not declared yet; until they are, that stack stops at the infra cluster.
 enrollment = Enrollment(
     "enrollment",
     EnrollmentArgs(
         settings=settings,
         expected_agents=agent_count(settings),
         infra_kubeconfig=infra.kind.kubeconfig,
-        cluster_ids=[infra.kind.cluster.id, *(agent.kind.cluster.id for agent in agents)],
-        ready=[*infra.workloads, *(agent.daemon_set for agent in agents)],
+        cluster_ids=[infra.kind.cluster.id, *(host_id for host_id, _ in agent_hosts)],
+        ready=[*infra.workloads, *(daemon_set for _, daemon_set in agent_hosts)],
     ),
     local,
 )

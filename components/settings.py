@@ -42,7 +42,15 @@ DEFAULTS: dict[str, object] = {
     "extraSans": [],
     "imageSource": "upstream",
     "vmNetworkCidr": "192.168.150.0/24",
+    # Ubuntu 24.04's GA cloud image, by its dated (immutable) release folder.
+    "vmImage": "https://cloud-images.ubuntu.com/releases/noble/release-20240423/ubuntu-24.04-server-cloudimg-amd64.img",
+    "vmCpus": 2,
+    "vmMemoryMiB": 4096,
+    "libvirtUri": "qemu:///system",
 }
+# Inside the VM, kubeadm's pod and service networks; the libvirt network must not overlap them.
+VM_POD_CIDR = "10.244.0.0/16"
+VM_SERVICE_CIDR = "10.96.0.0/12"
 KEYS = (
     "tpmMode",
     "requireEkCert",
@@ -75,6 +83,10 @@ class Settings:
     keylime_git: str | None
     rust_keylime_git: str | None
     vm_network_cidr: str
+    vm_image: str
+    vm_cpus: int
+    vm_memory_mib: int
+    libvirt_uri: str
 
     @property
     def registrar_tls_node_port(self) -> int:
@@ -229,9 +241,24 @@ def _sans(raw: str) -> tuple[str, ...]:
 
 def _vm_network(raw: str) -> str:
     network = ipaddress.ip_network(raw, strict=True)
-    if network.version != 4 or not network.is_private or network.prefixlen > 29:
-        raise ValueError("need a private IPv4 network of /29 or larger")
+    if network.version != 4 or not network.is_private or network.prefixlen > 28:
+        raise ValueError("need a private IPv4 network of /28 or larger")
+    for inside in (VM_POD_CIDR, VM_SERVICE_CIDR):
+        if network.overlaps(ipaddress.ip_network(inside)):
+            raise ValueError(f"overlaps {inside}, which kubeadm uses inside the VM")
     return str(network)
+
+
+def _vm_image(raw: str) -> str:
+    if re.fullmatch(r"https?://\S+", raw) or (raw.startswith("/") and os.path.isfile(raw)):
+        return raw
+    raise ValueError("neither an http(s) URL nor the absolute path of an existing file")
+
+
+def _libvirt_uri(raw: str) -> str:
+    if not re.fullmatch(r"qemu(\+[a-z]+)?://[^\s]*/(system|session)(\?\S*)?", raw):
+        raise ValueError("")
+    return raw
 
 
 # The file of each clone that the local image build starts from.
@@ -281,7 +308,11 @@ def parse_settings(raw: Mapping[str, str]) -> Settings:
     )
     extra_sans = read.parse("extraSans", "a list of IP addresses or DNS names", _sans, ())
     image_source = read.parse("imageSource", " | ".join(IMAGE_SOURCES), _choice(IMAGE_SOURCES), "upstream")
-    vm_network = read.parse("vmNetworkCidr", "a private IPv4 network in CIDR form, /29 or larger", _vm_network, "")
+    vm_network = read.parse("vmNetworkCidr", "a private IPv4 network in CIDR form, /28 or larger", _vm_network, "")
+    vm_image = read.parse("vmImage", "an http(s) URL or an absolute path of a qcow2 cloud image", _vm_image, "")
+    vm_cpus = read.parse("vmCpus", "an integer 1..32", _integer(1, 32), 1)
+    vm_memory = read.parse("vmMemoryMiB", "an integer 2048..131072 (kubeadm needs about 2 GiB)", _integer(2048, 131072), 0)
+    libvirt_uri = read.parse("libvirtUri", "a QEMU libvirt URI, e.g. qemu:///system or qemu+ssh://host/system", _libvirt_uri, "")
     keylime_git = rust_keylime_git = None
     if image_source == "local":
         keylime_git = read.parse(
@@ -325,6 +356,10 @@ def parse_settings(raw: Mapping[str, str]) -> Settings:
         keylime_git=keylime_git,
         rust_keylime_git=rust_keylime_git,
         vm_network_cidr=vm_network,
+        vm_image=vm_image,
+        vm_cpus=vm_cpus,
+        vm_memory_mib=vm_memory,
+        libvirt_uri=libvirt_uri,
     )
 
 

@@ -90,6 +90,13 @@ def test_literal_uuid_is_accepted_for_a_single_agent():
         ("extraSans", '"host.example"', "list of strings"),
         ("imageSource", "quay", "upstream | local"),
         ("vmNetworkCidr", "8.8.8.0/24", "private IPv4"),
+        ("vmNetworkCidr", "10.100.0.0/24", "overlaps 10.96.0.0/12"),
+        ("vmNetworkCidr", "192.168.150.0/30", "/28 or larger"),
+        ("vmImage", "ubuntu.img", "an http(s) URL or an absolute path"),
+        ("vmImage", "/nonexistent/ubuntu.img", "an http(s) URL or an absolute path"),
+        ("vmCpus", "0", "1..32"),
+        ("vmMemoryMiB", "1024", "2048..131072"),
+        ("libvirtUri", "xen:///system", "a QEMU libvirt URI"),
     ],
 )
 def test_each_bad_value_is_refused_naming_the_key_and_what_is_allowed(key, value, explains):

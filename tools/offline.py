@@ -141,6 +141,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if args.typ == "tls:index/privateKey:PrivateKey":
             state["privateKeyPem"] = fake_pem("PRIVATE KEY", args.name)
             state["publicKeyPem"] = fake_pem("PUBLIC KEY", args.name)
+            state["privateKeyOpenssh"] = fake_pem("OPENSSH PRIVATE KEY", args.name)
+            state["publicKeyOpenssh"] = f"ssh-ed25519 {hashlib.sha256(args.name.encode()).hexdigest()}\n"
         elif args.typ == "tls:index/certRequest:CertRequest":
             state["certRequestPem"] = fake_pem("CERTIFICATE REQUEST", args.name)
         elif args.typ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):

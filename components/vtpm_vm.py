@@ -1,0 +1,219 @@
+"""VtpmVm: a QEMU/libvirt VM with an emulated TPM 2.0, bootstrapped into a one-node kubeadm cluster,
+running the push agent on /dev/tpmrm0 exposed by squat/generic-device-plugin."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pulumi
+import pulumi_command as command
+import pulumi_kubernetes as k8s
+import pulumi_libvirt as libvirt
+import pulumi_tls as tls
+
+from components import cloud_init
+from components.agent_workload import TPM_DEVICE, declare_agent_workload
+from components.images import KeylimeImages
+from components.pod_security import checkov_waivers, resources
+from components.settings import Settings
+
+VM_NAME = "keylime-vtpm"
+STORAGE_POOL = "default"
+ROOT_DISK_BYTES = 20 * 1024**3
+SCRIPTS = Path(__file__).with_name("scripts")
+LOAD_SCRIPT = "components/scripts/vm-load-images.sh"
+DEVICE_PLUGIN_IMAGE = "ghcr.io/squat/generic-device-plugin:0.1.0"
+DEVICE_PLUGIN_LABELS = {"app.kubernetes.io/name": "generic-device-plugin"}
+PRIVILEGED = (
+    "the device plugin registers with the kubelet and hands /dev/tpmrm0 to pods; it is the only privileged "
+    "pod, so that the agent needs no privilege, capability or tss group"
+)
+
+
+@dataclasses.dataclass
+class VtpmVmArgs:
+    settings: Settings
+    ca_cert_pem: pulumi.Input[str]
+    images: KeylimeImages
+
+
+class VtpmVm(pulumi.ComponentResource):
+    domain: libvirt.Domain
+    provider: k8s.Provider
+    daemon_set: k8s.apps.v1.DaemonSet
+
+    def __init__(self, name: str, args: VtpmVmArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("keylime:vm:VtpmVm", name, None, opts)
+        settings = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+        libvirt_provider = libvirt.Provider(f"{name}-libvirt", uri=settings.libvirt_uri, opts=child)
+        on_libvirt = pulumi.ResourceOptions(parent=self, provider=libvirt_provider)
+        address = cloud_init.vm_address(settings)
+
+        # Our own keys: the host logs in with one and pins the VM's host key from the other.
+        login_key = tls.PrivateKey(f"{name}-ssh-key", algorithm="ED25519", opts=child)
+        host_key = tls.PrivateKey(f"{name}-ssh-host-key", algorithm="ED25519", opts=child)
+        login_private_key = pulumi.Output.secret(login_key.private_key_openssh)
+        host_private_key = pulumi.Output.secret(host_key.private_key_openssh)
+
+        network = libvirt.Network(
+            f"{name}-network",
+            name=VM_NAME,
+            mode="nat",
+            addresses=[settings.vm_network_cidr],
+            # The VM has a static address (cloud-init); libvirt still serves DNS on the host address.
+            dhcp=libvirt.NetworkDhcpArgs(enabled=False),
+            dns=libvirt.NetworkDnsArgs(enabled=True),
+            autostart=True,
+            opts=on_libvirt,
+        )
+        base = libvirt.Volume(f"{name}-base", name=f"{VM_NAME}-base.qcow2", pool=STORAGE_POOL,
+                              source=settings.vm_image, format="qcow2", opts=on_libvirt)
+        root = libvirt.Volume(f"{name}-root", name=f"{VM_NAME}-root.qcow2", pool=STORAGE_POOL,
+                              base_volume_id=base.id, size=ROOT_DISK_BYTES, format="qcow2", opts=on_libvirt)
+        seed = libvirt.CloudInitDisk(
+            f"{name}-cloud-init",
+            name=f"{VM_NAME}-cloud-init.iso",
+            pool=STORAGE_POOL,
+            user_data=pulumi.Output.all(
+                login_key.public_key_openssh, host_private_key, host_key.public_key_openssh
+            ).apply(lambda keys: cloud_init.user_data(settings, *keys)),
+            network_config=cloud_init.network_config(settings),
+            opts=on_libvirt,
+        )
+        self.domain = libvirt.Domain(
+            f"{name}-domain",
+            name=VM_NAME,
+            machine="q35",
+            vcpu=settings.vm_cpus,
+            memory=settings.vm_memory_mib,
+            cpu=libvirt.DomainCpuArgs(mode="host-passthrough"),
+            disks=[libvirt.DomainDiskArgs(volume_id=root.id)],
+            cloudinit=seed.id,
+            network_interfaces=[libvirt.DomainNetworkInterfaceArgs(network_id=network.id, addresses=[address])],
+            # The emulated TPM 2.0 (swtpm on the host, started by libvirt): the guest kernel sees a CRB TPM.
+            tpm=libvirt.DomainTpmArgs(backend_type="emulator", backend_version="2.0", model="tpm-crb"),
+            consoles=[libvirt.DomainConsoleArgs(type="pty", target_port="0", target_type="serial")],
+            autostart=True,
+            opts=on_libvirt,
+        )
+
+        connection = command.remote.ConnectionArgs(
+            host=address,
+            user=cloud_init.VM_USER,
+            private_key=login_private_key,
+            host_key=host_key.public_key_openssh,
+            # The VM boots and installs Kubernetes before SSH answers the first time.
+            dial_error_limit=90,
+            per_dial_timeout=10,
+        )
+        ready = command.remote.Command(
+            f"{name}-ready",
+            connection=connection,
+            create=(SCRIPTS / "vm-wait-ready.sh").read_text(),
+            triggers=[self.domain.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.domain]),
+        )
+        kubeconfig = command.remote.Command(
+            f"{name}-kubeconfig",
+            connection=connection,
+            create="sudo cat /etc/kubernetes/admin.conf",
+            triggers=[self.domain.id],
+            logging=command.remote.Logging.NONE,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[ready], additional_secret_outputs=["stdout"]),
+        )
+        agent_image = args.images.refs["agent"]
+        images_loaded = command.local.Command(
+            f"{name}-images",
+            create=f"{LOAD_SCRIPT}",
+            environment={
+                "VM_HOST": address,
+                "VM_USER": cloud_init.VM_USER,
+                "SSH_PRIVATE_KEY": login_private_key,
+                "SSH_HOST_PUBLIC_KEY": host_key.public_key_openssh,
+                "IMAGES": agent_image,
+            },
+            # Tags carry the build's content hash; a new VM needs the images again as well.
+            triggers=[agent_image, self.domain.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[ready, args.images.built["agent"]]),
+        )
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=pulumi.Output.secret(kubeconfig.stdout),
+            cluster_identifier=self.domain.id,
+            delete_unreachable=True,
+            opts=child,
+        )
+        objects = pulumi.ResourceOptions(
+            parent=self, provider=self.provider, deleted_with=self.domain, depends_on=[images_loaded]
+        )
+        device_plugin = self._device_plugin(name, objects)
+        self.daemon_set = declare_agent_workload(
+            name,
+            settings,
+            agent_image,
+            args.ca_cert_pem,
+            "device",
+            pulumi.ResourceOptions.merge(objects, pulumi.ResourceOptions(depends_on=[device_plugin])),
+        )
+        self.register_outputs({"address": address})
+
+    @staticmethod
+    def _device_plugin(name: str, opts: pulumi.ResourceOptions) -> k8s.apps.v1.DaemonSet:
+        device = f"name: tpm\ngroups:\n  - paths:\n      - path: {TPM_DEVICE}\n"
+        return k8s.apps.v1.DaemonSet(
+            f"{name}-device-plugin",
+            metadata={
+                "name": "generic-device-plugin",
+                "namespace": "kube-system",
+                "labels": DEVICE_PLUGIN_LABELS,
+                "annotations": checkov_waivers(
+                    CKV_K8S_43="pinned to the upstream release tag 0.1.0; its digest cannot be checked offline here",
+                    CKV_K8S_16=PRIVILEGED,
+                    CKV_K8S_28=PRIVILEGED,
+                    CKV_K8S_20=PRIVILEGED,
+                    CKV_K8S_23=PRIVILEGED,
+                    CKV_K8S_37=PRIVILEGED,
+                    CKV_K8S_40=PRIVILEGED,
+                    CKV_K8S_22="it writes its socket into the kubelet's device-plugins directory",
+                    CKV_K8S_21="node infrastructure lives in kube-system, beside the kubelet's other plugins",
+                ),
+            },
+            spec={
+                "selector": {"matchLabels": DEVICE_PLUGIN_LABELS},
+                "template": {
+                    "metadata": {"labels": DEVICE_PLUGIN_LABELS},
+                    "spec": {
+                        "priorityClassName": "system-node-critical",
+                        "automountServiceAccountToken": False,
+                        "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
+                        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [
+                            {
+                                "name": "generic-device-plugin",
+                                "image": DEVICE_PLUGIN_IMAGE,
+                                # Pulled by the VM from the registry, unlike the images built here.
+                                "imagePullPolicy": "Always",
+                                # Advertised as squat.ai/tpm, one per node: the resource-managed TPM device.
+                                "args": ["--device", device],
+                                "ports": [{"name": "http", "containerPort": 8080}],
+                                "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 20},
+                                "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10},
+                                "securityContext": {"privileged": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                                "resources": resources("50m", "16Mi", "100m", "64Mi"),
+                                "volumeMounts": [
+                                    {"name": "device-plugins", "mountPath": "/var/lib/kubelet/device-plugins"},
+                                    {"name": "dev", "mountPath": "/dev"},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "device-plugins", "hostPath": {"path": "/var/lib/kubelet/device-plugins"}},
+                            {"name": "dev", "hostPath": {"path": "/dev"}},
+                        ],
+                    },
+                },
+            },
+            opts=opts,
+        )
