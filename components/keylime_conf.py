@@ -85,6 +85,18 @@ _DURABLE_ATTESTATION = {
 }
 
 
+# Both servers present their own certificate (from the Secret mounted at TLS_DIR) and trust client
+# certificates issued by the one CA; cert_subject_alternative_names only applies to generated certs.
+_SERVER_TLS = {
+    "tls_dir": TLS_DIR,
+    "server_key": SERVER_KEY,
+    "server_key_password": "",
+    "server_cert": SERVER_CERT,
+    "cert_subject_alternative_names": "",
+    "trusted_client_ca": [CA_CERT],
+}
+
+
 def registrar_conf(settings: Settings) -> str:
     return render_ini(
         {
@@ -93,12 +105,7 @@ def registrar_conf(settings: Settings) -> str:
                 "ip": "0.0.0.0",
                 "port": REGISTRAR_PORT,
                 "tls_port": REGISTRAR_TLS_PORT,
-                "tls_dir": TLS_DIR,
-                "server_key": SERVER_KEY,
-                "server_key_password": "",
-                "server_cert": SERVER_CERT,
-                "cert_subject_alternative_names": "",
-                "trusted_client_ca": [CA_CERT],
+                **_SERVER_TLS,
                 "authorization_provider": "simple",
                 "database_url": f"sqlite:///{DATA_DIR}/registrar.sqlite",
                 "database_pool_sz_ovfl": "5,10",
@@ -125,12 +132,7 @@ def verifier_conf(settings: Settings) -> str:
                 "registrar_ip": registrar.host,
                 "registrar_port": registrar.port,
                 "enable_agent_mtls": True,
-                "tls_dir": TLS_DIR,
-                "server_key": SERVER_KEY,
-                "server_key_password": "",
-                "server_cert": SERVER_CERT,
-                "cert_subject_alternative_names": "",
-                "trusted_client_ca": [CA_CERT],
+                **_SERVER_TLS,
                 "client_key": CLIENT_KEY,
                 "client_key_password": "",
                 "client_cert": CLIENT_CERT,
