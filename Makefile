@@ -4,6 +4,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := venv
 VALIDATORS_VENV := venv-validators
+LAB_VENV := venv-lab
+# keylime imports `gpg`, which is not on PyPI: Debian's python3-gpg is linked into the lab's virtualenv, so
+# that virtualenv is made from Debian's own python3 (a pyenv one may differ, or sit where UID 490 cannot reach).
+LAB_PYTHON ?= /usr/bin/python3
+GPG_BINDINGS := /usr/lib/python3/dist-packages/gpg
 STACK ?= swtpm
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
@@ -23,6 +28,23 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 $(VALIDATORS_VENV)/.installed: requirements-validators.txt
 	$(PYTHON) -m venv $(VALIDATORS_VENV)
 	$(VALIDATORS_VENV)/bin/pip install --quiet -r requirements-validators.txt
+	touch $@
+
+# The real keylime servers and tenant that tests/lab runs. Debian's gpg bindings are built for one Python
+# ABI; linked into a virtualenv of another Python they would not import, so refuse that outright.
+$(LAB_VENV)/.installed: requirements-lab.txt
+	suffix="$$($(LAB_PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"; \
+	if [[ ! -f "$(GPG_BINDINGS)/__init__.py" ]]; then \
+	  echo "$(LAB_VENV): $(GPG_BINDINGS) is missing: apt-get install python3-gpg" >&2; exit 1; \
+	elif ! compgen -G "$(GPG_BINDINGS)/_gpgme$${suffix}" >/dev/null; then \
+	  echo "$(LAB_VENV): $(GPG_BINDINGS) has no _gpgme$${suffix}: python3-gpg was built for another Python than" \
+	    "$(LAB_PYTHON) ($$($(LAB_PYTHON) --version)); point LAB_PYTHON at the python3 python3-gpg belongs to" >&2; exit 1; \
+	fi
+	rm -rf $(LAB_VENV)
+	$(LAB_PYTHON) -m venv $(LAB_VENV)
+	$(LAB_VENV)/bin/pip install --quiet -r requirements-lab.txt
+	ln -sfn $(GPG_BINDINGS) "$$($(LAB_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/gpg"
+	$(LAB_VENV)/bin/python -c 'import gpg, keylime'
 	touch $@
 
 $(PULUMI_CONFIG_PASSPHRASE_FILE):
@@ -48,8 +70,8 @@ clean:
 	  if pulumi stack select $$stack 2>/dev/null; then pulumi destroy --stack $$stack --yes; fi; \
 	done
 
-test: $(VENV)/.installed $(VALIDATORS_VENV)/.installed
-	VALIDATORS_BIN=$(CURDIR)/$(VALIDATORS_VENV)/bin $(VENV)/bin/python -m pytest
+test: $(VENV)/.installed $(VALIDATORS_VENV)/.installed $(LAB_VENV)/.installed
+	VALIDATORS_BIN=$(CURDIR)/$(VALIDATORS_VENV)/bin LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m pytest
 
 render: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.render --stack $(STACK)

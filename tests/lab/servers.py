@@ -1,0 +1,330 @@
+"""The infra cluster's keylime registrar, verifier and tenant, run on this machine from the program's declarations.
+
+Each server runs from its declared Deployment: its volumes (`pod.Pod`), its environment, its user and
+groups, its config file from the declared ConfigMap. Only what cannot hold outside Kubernetes is
+changed: file paths point into the lab (tls_dir, database_url, tpm_cert_store) and servers listen on
+127.0.0.1. Host names the configs dial (the in-cluster service names) are left as they are: each process
+runs in a private mount namespace whose /etc/hosts resolves them to 127.0.0.1, and whose /run is the lab's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .declared import Cluster
+from .pod import Pod
+
+SERVERS = ("registrar", "verifier")
+COMPONENTS = (*SERVERS, "tenant")
+LISTEN_ADDRESS = "127.0.0.1"
+START_TIMEOUT = 60
+STOP_TIMEOUT = 15
+TENANT_TIMEOUT = 120
+
+# Stands in for the image's logging.conf: keylime's own log format, on stdout.
+LOGGING_CONF = """\
+[logging]
+version = 2.6
+
+[loggers]
+keys = root,keylime
+
+[handlers]
+keys = console
+
+[formatters]
+keys = plain
+
+[formatter_plain]
+format = %(asctime)s.%(msecs)03d - %(name)s - %(levelname)s - %(message)s
+datefmt = %Y-%m-%d %H:%M:%S
+
+[handler_console]
+class = StreamHandler
+level = INFO
+formatter = plain
+args = (sys.stdout,)
+
+[logger_root]
+level = INFO
+handlers = console
+
+[logger_keylime]
+level = INFO
+qualname = keylime
+handlers =
+"""
+
+# Runs argv with the lab's /etc/hosts and /run, visible to it and its children only.
+NAMESPACE_SCRIPT = 'set -e; mount --bind "$1" /etc/hosts; mount --bind "$2" /run; shift 2; exec "$@"'
+
+
+def deployment(component: str) -> str:
+    return f"keylime-{component}"
+
+
+def rewrite_options(text: str, rewrite: dict[str, Callable[[str], str]]) -> str:
+    """Replace the value of each option named in `rewrite` (each must occur); every other line stays byte for byte."""
+    seen: set[str] = set()
+
+    def replace(match: re.Match) -> str:
+        key, value = match.group(1), match.group(2)
+        if key not in rewrite:
+            return match.group(0)
+        seen.add(key)
+        return f"{key} = {rewrite[key](value)}"
+
+    result = re.sub(r"^(\w+) = ?(.*)$", replace, text, flags=re.MULTILINE)
+    missing = set(rewrite) - seen
+    if missing:
+        raise ValueError(f"the declared config has no option {sorted(missing)}")
+    return result
+
+
+def options(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^(\w+) = ?(.*)$", text, flags=re.MULTILINE))
+
+
+def dialed_names(configs: list[str]) -> list[str]:
+    """Host names (not addresses) that the configs tell keylime to dial: every `*_ip` option holding a name
+    (`session_create_rate_limit_per_ip` and its like end in `_ip` too, but hold numbers)."""
+    names = []
+    for text in configs:
+        for key, value in options(text).items():
+            if key.endswith("_ip") and value and not value.isdigit():
+                try:
+                    ipaddress.ip_address(value)
+                except ValueError:
+                    names.append(value)
+    return sorted(set(names))
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+class KeylimeInfra:
+    """Registrar, verifier and tenant as the infra cluster declares them, under `root`."""
+
+    def __init__(self, root: Path, lab_bin: Path, cluster: Cluster, secret_value: Callable[[str], str]):
+        self.root, self.lab_bin, self.cluster = root, lab_bin, cluster
+        self.pods: dict[str, Pod] = {}
+        self.configs: dict[str, Path] = {}
+        self.declared_configs: dict[str, str] = {}
+        self.run_dirs: dict[str, Path] = {}
+        self.processes: dict[str, subprocess.Popen] = {}
+        root.mkdir()
+        self.logging_conf = root / "logging.conf"
+        self.logging_conf.write_text(LOGGING_CONF)
+        self.logging_conf.chmod(0o644)
+        # keylime reads ca.conf only to run a CA of its own, which this deployment never does; an empty file
+        # keeps the lab from picking up a /etc/keylime/ca.conf of this machine.
+        self.ca_conf = root / "ca.conf"
+        self.ca_conf.write_text("")
+        self.ca_conf.chmod(0o644)
+        for component in COMPONENTS:
+            pod = Pod(root / component, cluster, cluster.pod_spec("Deployment", deployment(component)), secret_value)
+            self.pods[component] = pod
+            self.configs[component] = pod.path(component, pod.declared_env(component)[self._config_env_name(component)])
+            # The image's /run, which keylime writes /run/keylime into (the pod mounts an emptyDir there).
+            run = root / component / "image" / "run"
+            run.mkdir(parents=True)
+            uid, gid, _ = pod.user(component)
+            os.chown(run, uid, gid)
+            self.run_dirs[component] = run
+        for component in COMPONENTS:
+            self._rewrite_config(component)
+        self.hosts = root / "hosts"
+        names = dialed_names(list(self.declared_configs.values()))
+        self.hosts.write_text(f"127.0.0.1 localhost {' '.join(names)}\n::1 localhost\n")
+        self.hosts.chmod(0o644)
+
+    def _config_env_name(self, component: str) -> str:
+        return f"KEYLIME_{component.upper()}_CONFIG"
+
+    def _rewrite_config(self, component: str) -> None:
+        pod = self.pods[component]
+        config = self.configs[component]
+        text = config.read_text()
+        self.declared_configs[component] = text
+        present = options(text)
+        image_dir = self.root / component / "image"
+
+        def on_volume(path: str) -> str:
+            return str(pod.path(component, path))
+
+        def in_image(path: str) -> str:
+            # Not on a volume: in the pod it is the image's own (empty here) directory.
+            local = image_dir / path.lstrip("/")
+            local.mkdir(parents=True, exist_ok=True)
+            return str(local)
+
+        def sqlite(url: str) -> str:
+            prefix = "sqlite:///"
+            if not url.startswith(prefix):
+                raise ValueError(f"{component}: the lab runs sqlite only, the config says {url}")
+            return prefix + on_volume(url[len(prefix):])
+
+        rewrite: dict[str, Callable[[str], str]] = {"tls_dir": on_volume}
+        if "ip" in present:
+            rewrite["ip"] = lambda _: LISTEN_ADDRESS
+        if "database_url" in present:
+            rewrite["database_url"] = sqlite
+        if "tpm_cert_store" in present:
+            rewrite["tpm_cert_store"] = in_image
+        text = rewrite_options(text, rewrite)
+        stray = {key: value for key, value in options(text).items() if value.startswith("/") and key not in rewrite}
+        if stray:
+            raise ValueError(f"{component}: options with container paths the lab does not map: {stray}")
+        config.write_text(text)
+
+    def env(self, component: str) -> dict[str, str]:
+        pod = self.pods[component]
+        return {
+            "PATH": f"{self.lab_bin}:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/",
+            "TMPDIR": str(pod.path(component, "/tmp")),
+            **pod.env(component),
+            "KEYLIME_LOGGING_CONFIG": str(self.logging_conf),
+            "KEYLIME_CA_CONFIG": str(self.ca_conf),
+        }
+
+    def exec_spec(self, component: str) -> dict[str, Any]:
+        """How to run a command in the component's container: argv prefix, environment, working directory."""
+        pod = self.pods[component]
+        prefix = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", NAMESPACE_SCRIPT, "lab-pod",
+                  str(self.hosts), str(self.run_dirs[component])]
+        env = self.env(component)
+        return {"argv": [*prefix, *pod.as_user(component, [])], "env": env, "cwd": env["KEYLIME_DIR"]}
+
+    def option(self, component: str, key: str) -> str:
+        """An option of the config file the component runs with (paths already pointing into the lab)."""
+        return options(self.configs[component].read_text())[key]
+
+    def declared_option(self, component: str, key: str) -> str:
+        return options(self.declared_configs[component])[key]
+
+    def port(self, component: str, name: str) -> int:
+        """A container port the Deployment declares, by name."""
+        ports = self.pods[component].container(component).get("ports", [])
+        return next(port["containerPort"] for port in ports if port["name"] == name)
+
+    def log(self, component: str) -> Path:
+        return self.root / f"{component}.log"
+
+    # --- servers --------------------------------------------------------------------------------
+
+    def ports(self, component: str) -> list[int]:
+        return [port["containerPort"] for port in self.pods[component].container(component).get("ports", [])]
+
+    def start(self) -> None:
+        # Readiness is a TCP connect: a port some other process holds would look ready.
+        for component in SERVERS:
+            for port in self.ports(component):
+                with socket.socket() as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is fine
+                    try:
+                        probe.bind((LISTEN_ADDRESS, port))
+                    except OSError as error:
+                        raise RuntimeError(f"{LISTEN_ADDRESS}:{port}, which keylime_{component} listens on, is taken "
+                                           f"by another process ({error}); stop it and rerun") from None
+        for component in SERVERS:
+            spec = self.exec_spec(component)
+            with self.log(component).open("wb") as log:
+                self.processes[component] = subprocess.Popen(
+                    [*spec["argv"], f"keylime_{component}"],
+                    env=spec["env"],
+                    cwd=spec["cwd"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: the parent ignores SIGTERM, the group does not
+                )
+        for component in SERVERS:
+            self._wait_ready(component)
+
+    def _wait_ready(self, component: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        for port in self.ports(component):
+            while True:
+                if self.processes[component].poll() is not None:
+                    raise RuntimeError(f"keylime_{component} exited:\n{self.tail(component)}")
+                try:
+                    socket.create_connection((LISTEN_ADDRESS, port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"keylime_{component} not listening on {port}:\n{self.tail(component)}")
+                    time.sleep(0.1)
+
+    def tail(self, component: str, lines: int = 40) -> str:
+        log = self.log(component)
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
+
+    def stop(self) -> list[str]:
+        """Stop every server's whole process group; returns what had to be killed."""
+        killed = []
+        for component, process in self.processes.items():
+            pgid = process.pid
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while processes_in_group(pgid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if processes_in_group(pgid):
+                killed.append(component)
+                os.killpg(pgid, signal.SIGKILL)
+                while processes_in_group(pgid):
+                    time.sleep(0.1)
+            process.wait(timeout=STOP_TIMEOUT)
+        self.processes.clear()
+        return killed
+
+    # --- tenant ---------------------------------------------------------------------------------
+
+    def tenant(self, *args: str) -> subprocess.CompletedProcess:
+        spec = self.exec_spec("tenant")
+        return subprocess.run(
+            [*spec["argv"], "keylime_tenant", *args],
+            env=spec["env"],
+            cwd=spec["cwd"],
+            capture_output=True,
+            text=True,
+            timeout=TENANT_TIMEOUT,
+            check=False,
+        )
+
+    def kubectl_context(self) -> dict[str, Any]:
+        """What tests/lab/bin/kubectl needs to stand in for the infra cluster's API server."""
+        return {
+            "namespace": self.cluster.get("Deployment", deployment("tenant"))["metadata"]["namespace"],
+            "exec": {f"deploy/{deployment('tenant')}": {"tenant": self.exec_spec("tenant")}},
+            "logs": {f"deploy/{deployment('verifier')}": str(self.log("verifier"))},
+        }
+
+
+def write_json(path: Path, document: Any) -> None:
+    path.write_text(json.dumps(document, indent=1))
