@@ -1,6 +1,6 @@
 """The program's enrollment Commands (enroll.py through kube.sh), run for real against the lab's tenant and servers.
 
-`kubectl` is the lab's stand-in (tests/lab/bin/kubectl): `kubectl exec ... keylime_tenant` runs the real
+`kubectl` is the lab's stand-in (tools/lab/bin/kubectl): `kubectl exec ... keylime_tenant` runs the real
 tenant in the lab's tenant "container". Each test runs a declared Command line with its declared
 environment, except EXPECTED_AGENTS (the lab has one agent, not one per agent cluster) and the waits.
 """
@@ -8,49 +8,16 @@ environment, except EXPECTED_AGENTS (the lab has one agent, not one per agent cl
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
 
 import pytest
-from conftest import ROOT
 
 from tools.offline import run_program
+
+from .steps import as_verifier_stores, command, run_enroll, verifier_policy, verifier_view
 
 pytestmark = pytest.mark.lab
 
 CHANGED_DIGEST = "ab" * 32
-
-
-def command(run, name: str) -> dict:
-    """A declared enrollment Command's inputs (create, update, delete, environment)."""
-    return run.named(name).plain
-
-
-def run_enroll(kubectl_env, line: str, environment: dict[str, str], **overrides: str) -> subprocess.CompletedProcess:
-    env = {**kubectl_env, **environment, "EXPECTED_AGENTS": "1", "POLL_SECONDS": "0.5", **overrides}
-    return subprocess.run(shlex.split(line), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
-
-
-def verifier_view(infra, uuid: str) -> dict | None:
-    """The verifier's record of the agent (`keylime_tenant -c status --push-model`), or None if it has none."""
-    result = infra.tenant("-c", "status", "-u", uuid, "--push-model")
-    marker = "Agent Info from Verifier"
-    if marker not in result.stdout:
-        return None
-    return json.loads(result.stdout.split(marker, 1)[1].split("\n", 2)[1])[uuid]
-
-
-def verifier_policy(infra, uuid: str) -> dict:
-    record = verifier_view(infra, uuid)
-    assert record is not None, f"the verifier does not have {uuid}"
-    policy = json.loads(record["tpm_policy"])
-    policy.pop("mask")  # the PCR mask the tenant derives from the policy
-    return policy
-
-
-def as_verifier_stores(tpm_policy: str) -> dict:
-    """A TPM_POLICY as the verifier keeps it: each PCR with a list of digests."""
-    return {pcr: digests if isinstance(digests, list) else [digests] for pcr, digests in json.loads(tpm_policy).items()}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from .agent import AK_HANDLE, SETUP_EK_HANDLE
+from tools.lab.agent import AK_HANDLE, SETUP_EK_HANDLE
 
 pytestmark = pytest.mark.lab
 

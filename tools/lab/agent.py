@@ -106,7 +106,8 @@ class EmulatedAgent:
         )
         if init.returncode != 0:
             raise RuntimeError(f"the init container failed:\n{init.stdout}{init.stderr}")
-        self.init_output = init.stdout + init.stderr
+        # What the first run printed: a reboot finds the state initialised and says only that.
+        self.init_output = self.init_output or init.stdout + init.stderr
         declared = self._declared_ports()
         port = free_port_pair()
         self.ports = {declared["--server"]: port, declared["--ctrl"]: port + 1}
@@ -157,6 +158,30 @@ class EmulatedAgent:
         if check and result.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
         return result
+
+    def reboot(self) -> None:
+        """Power-cycle the TPM: the sidecar restarts (startup-clear), PCRs are back to their power-on values,
+        persisted keys stay. Shut down orderly first, as an OS does: an unorderly one counts against the
+        TPM's dictionary-attack protection, and the AK's next use would hit TPM_RC_LOCKOUT."""
+        self.tpm("tpm2_shutdown")
+        self.stop()
+        self.start()
+
+    def send(self, command: bytes) -> bytes:
+        """One raw TPM command through tpm2_send; the response as bytes."""
+        env = {**os.environ, "TPM2TOOLS_TCTI": self.tcti}
+        result = subprocess.run(["tpm2_send"], input=command, env=env, capture_output=True, timeout=TPM_TIMEOUT, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"tpm2_send failed ({result.returncode}): {result.stderr.decode(errors='replace').strip()}")
+        return result.stdout
+
+    def extend_pcr(self, pcr: int, digest: str) -> None:
+        """What a measured component would do: extend one sha256 PCR."""
+        self.tpm("tpm2_pcrextend", f"{pcr}:sha256={digest}")
+
+    def pcr(self, pcr: int) -> str:
+        output = self.tpm("tpm2_pcrread", f"sha256:{pcr}").stdout
+        return re.search(r"0x([0-9A-Fa-f]{64})", output).group(1).lower()
 
     # --- identity and registration --------------------------------------------------------------
 

@@ -1,0 +1,274 @@
+"""The keylime v3 push attestation protocol, as keylime_push_model_agent 0.2.9 speaks it, on a tpm2-tools TPM.
+
+    client = PushClient(...)          # the verifier URL and CA the agent's agent.conf names
+    client.authenticate()             # PoP: TPM2_Certify of the AK over the verifier's challenge
+    client.attest()                   # negotiate, quote the selected PCRs, submit the evidence
+    client.attest_times(2)            # ...at the pace the verifier asks for (seconds_to_next, Retry-After)
+
+`tpm` runs one tpm2-tools command in `workdir` (where tpm2_createak left ak.pub, a TPM2B_PUBLIC, and
+ak.name); `tpm_send` sends one raw command to the TPM and returns its response. The wire format is
+documented in shared/reference/push-protocol.md, as verified against keylime 7.14.3.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import http.client
+import json
+import socket
+import ssl
+import struct
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+JSON_API = "application/vnd.api+json"
+API = "/v3.0"
+TPM_ST_SESSIONS = 0x8002
+TPM_CC_CERTIFY = 0x148
+TPM_RS_PW = 0x40000009
+TPM_ALG_NULL = 0x0010
+TPM_RC_RETRY = 0x922
+TPM_RC_YIELDED = 0x908
+TPM_RC_TESTING = 0x90A
+
+
+class ProtocolError(RuntimeError):
+    def __init__(self, step: str, status: int, body: Any):
+        self.step, self.status, self.body = step, status, body
+        super().__init__(f"{step}: HTTP {status}: {body}")
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to `address`, verifying the certificate as `host` (the name the agent's config uses)."""
+
+    def __init__(self, host: str, port: int, address: str, context: ssl.SSLContext, timeout: float = 30):
+        super().__init__(host, port, context=context, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def tpm2b(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
+
+
+def certify_command(ak_handle: int, qualifying_data: bytes) -> bytes:
+    """TPM2_Certify(objectHandle=AK, signHandle=AK, qualifyingData, inScheme=NULL), empty-auth password sessions.
+
+    tpm2-tools 5.4's tpm2_certify cannot pass qualifying data, so the command is built here.
+    """
+    password_session = struct.pack(">I", TPM_RS_PW) + tpm2b(b"") + b"\x00" + tpm2b(b"")
+    authorization = password_session * 2
+    body = (
+        struct.pack(">II", ak_handle, ak_handle)
+        + struct.pack(">I", len(authorization))
+        + authorization
+        + tpm2b(qualifying_data)
+        + struct.pack(">H", TPM_ALG_NULL)
+    )
+    return struct.pack(">HII", TPM_ST_SESSIONS, 10 + len(body), TPM_CC_CERTIFY) + body
+
+
+def parse_certify_response(response: bytes) -> tuple[bytes, bytes]:
+    """(TPMS_ATTEST, TPMT_SIGNATURE) out of a TPM2_Certify response."""
+    _tag, _size, code = struct.unpack(">HII", response[:10])
+    if code:
+        raise TpmError(code)
+    offset = 14  # header, then parameterSize
+    (attest_size,) = struct.unpack(">H", response[offset : offset + 2])
+    attest = response[offset + 2 : offset + 2 + attest_size]
+    offset += 2 + attest_size
+    (signature_size,) = struct.unpack(">H", response[offset + 4 : offset + 6])
+    signature = response[offset : offset + 6 + signature_size]
+    return attest, signature
+
+
+class TpmError(RuntimeError):
+    def __init__(self, code: int):
+        self.code = code
+        super().__init__(f"TPM response code {code:#x}")
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One attestation: what the verifier asked for and when it wants the next one."""
+
+    selected_pcrs: list[int]
+    seconds_to_next: float
+    status: int
+
+
+class PushClient:
+    def __init__(
+        self,
+        tpm: Callable[..., subprocess.CompletedProcess],
+        workdir: Path,
+        uuid: str,
+        verifier_url: str,
+        ca_file: Path,
+        connect_to: str,
+        port: int,
+        ak_handle: int,
+        tpm_send: Callable[[bytes], bytes],
+    ):
+        self.tpm = tpm
+        self.workdir = workdir
+        self.uuid = uuid
+        # The certificate is verified as the URL's host; the connection goes to connect_to:port (in the
+        # lab, the NodePort's target on loopback).
+        self.host = urlsplit(verifier_url).hostname
+        self.connect_to, self.port = connect_to, port
+        self.context = ssl.create_default_context(cafile=str(ca_file))  # hostname checking on
+        self.ak_handle = ak_handle
+        self.tpm_send = tpm_send
+        self.token: str | None = None
+
+    # --- transport ---------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, auth: bool = True) -> tuple[int, dict, dict]:
+        connection = PinnedHTTPSConnection(self.host, self.port, self.connect_to, self.context)
+        headers = {"Content-Type": JSON_API, "Accept": JSON_API}
+        if auth and self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            connection.request(method, API + path, body=json.dumps(body) if body is not None else None, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+            return response.status, dict(response.getheaders()), json.loads(raw) if raw else {}
+        finally:
+            connection.close()
+
+    # --- proof of possession ------------------------------------------------------------------
+
+    def certify(self, nonce: bytes) -> tuple[bytes, bytes]:
+        for _ in range(20):
+            try:
+                return parse_certify_response(self.tpm_send(certify_command(self.ak_handle, nonce)))
+            except TpmError as error:
+                if error.code not in (TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING):
+                    raise
+                time.sleep(0.05)
+        raise TpmError(TPM_RC_RETRY)
+
+    def authenticate(self, tamper_challenge: bool = False) -> str:
+        pop = {"authentication_class": "pop", "authentication_type": "tpm_pop"}
+        status, _, answer = self.request(
+            "POST", "/sessions",
+            {"data": {"type": "session", "attributes": {"agent_id": self.uuid, "authentication_supported": [pop]}}},
+            auth=False,
+        )
+        if status not in (200, 201):
+            raise ProtocolError("POST /sessions", status, answer)
+        session_id = answer["data"]["id"]
+        requested = answer["data"]["attributes"]["authentication_requested"][0]
+        challenge = base64.b64decode(requested["chosen_parameters"]["challenge"])
+        if tamper_challenge:
+            challenge = bytes(b ^ 0xFF for b in challenge)
+        attest, signature = self.certify(challenge)
+        provided = {**pop, "data": {"message": base64.b64encode(attest).decode(), "signature": base64.b64encode(signature).decode()}}
+        status, _, answer = self.request(
+            "PATCH", f"/sessions/{session_id}",
+            {"data": {"type": "session", "id": session_id,
+                      "attributes": {"agent_id": self.uuid, "authentication_provided": [provided]}}},
+            auth=False,
+        )
+        attributes = answer.get("data", {}).get("attributes", {})
+        if status != 200 or attributes.get("evaluation") != "pass":
+            raise ProtocolError(f"PATCH /sessions/{session_id}", status, answer)
+        self.token = attributes["token"]
+        return self.token
+
+    # --- one attestation ---------------------------------------------------------------------
+
+    def capabilities(self) -> dict[str, Any]:
+        ak_public = (self.workdir / "ak.pub").read_bytes()
+        ak_name = (self.workdir / "ak.name").read_bytes().hex()
+        all_pcrs = list(range(24))
+        return {
+            "data": {
+                "type": "attestation",
+                "attributes": {
+                    "evidence_supported": [
+                        {
+                            "evidence_class": "certification",
+                            "evidence_type": "tpm_quote",
+                            "capabilities": {
+                                "component_version": "2.0",
+                                "hash_algorithms": ["sha256"],
+                                "signature_schemes": ["rsassa"],
+                                "available_subjects": {"sha256": all_pcrs},
+                                "certification_keys": [
+                                    {
+                                        "key_class": "asymmetric",
+                                        "key_algorithm": "rsa",
+                                        "key_size": 2048,
+                                        "server_identifier": "ak",
+                                        "local_identifier": ak_name,
+                                        "public": base64.b64encode(ak_public).decode(),
+                                        "allowable_hash_algorithms": ["sha256"],
+                                        "allowable_signature_schemes": ["rsassa"],
+                                    }
+                                ],
+                            },
+                        }
+                    ],
+                    "system_info": {"boot_time": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()},
+                },
+            }
+        }
+
+    def quote(self, challenge: bytes, pcrs: list[int]) -> dict[str, str]:
+        selection = "sha256:" + ",".join(map(str, pcrs))
+        self.tpm("tpm2_quote", "-c", hex(self.ak_handle), "-l", selection, "-q", challenge.hex(), "-g", "sha256",
+                 "-m", "quote.msg", "-s", "quote.sig", "-o", "quote.pcrs")
+        read = lambda name: base64.b64encode((self.workdir / name).read_bytes()).decode()  # noqa: E731
+        return {"message": read("quote.msg"), "signature": read("quote.sig"), "subject_data": read("quote.pcrs")}
+
+    def attest_times(self, count: int, timeout: float = 60) -> list[Outcome]:
+        """`count` accepted attestations, waiting as long as the verifier says between them."""
+        deadline = time.monotonic() + timeout
+        accepted: list[Outcome] = []
+        while len(accepted) < count:
+            outcome = self.attest()
+            if outcome.status == 202:
+                accepted.append(outcome)
+                if len(accepted) == count:
+                    break
+            if time.monotonic() + outcome.seconds_to_next > deadline:
+                raise TimeoutError(f"{len(accepted)} of {count} attestations accepted within {timeout:.0f} s")
+            time.sleep(outcome.seconds_to_next)
+        return accepted
+
+    def attest(self) -> Outcome:
+        if self.token is None:
+            self.authenticate()
+        status, headers, answer = self.request("POST", f"/agents/{self.uuid}/attestations", self.capabilities())
+        if status == 429:
+            return Outcome([], float(headers.get("Retry-After", 1)), status)
+        if status != 201:
+            raise ProtocolError("POST attestations", status, answer)
+        requested = answer["data"]["attributes"]["evidence_requested"]
+        evidence = []
+        selected: list[int] = []
+        for item in requested:
+            chosen = item["chosen_parameters"]
+            selected = chosen["selected_subjects"]["sha256"]
+            evidence.append({"evidence_class": "certification", "evidence_type": "tpm_quote",
+                             "data": self.quote(base64.b64decode(chosen["challenge"]), selected)})
+        status, headers, answer = self.request(
+            "PATCH", f"/agents/{self.uuid}/attestations/latest",
+            {"data": {"type": "attestation", "attributes": {"evidence_collected": evidence}}},
+        )
+        if status == 429:
+            return Outcome(selected, float(headers.get("Retry-After", 1)), status)
+        if status != 202:
+            raise ProtocolError("PATCH attestations/latest", status, answer)
+        seconds = answer.get("meta", {}).get("seconds_to_next_attestation")
+        return Outcome(selected, float(seconds) if seconds is not None else 2.0, status)

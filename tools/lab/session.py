@@ -1,0 +1,212 @@
+"""One lab: the program evaluated for a stack, its PKI made real, its servers and an agent's TPM running.
+
+Used by the lab tests (tests/lab/conftest.py) and by `make preflight` (tools/preflight.py). Every
+piece starts on first use and `close()` stops what started, in reverse order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Mapping
+
+from tools.offline import ProgramRun, run_program
+
+from .agent import AK_HANDLE, EmulatedAgent
+from .declared import Cluster, cluster, tls_declarations
+from .pod import Pod
+from .push import PushClient
+from .servers import KeylimeInfra, write_json
+
+LAB = Path(__file__).resolve().parent
+INFRA_PROVIDER = "infra-k8s"
+AGENT_PROVIDER = "agents-1-k8s"
+KEYLIME_PROGRAMS = ("keylime_registrar", "keylime_verifier", "keylime_tenant", "python")
+HOST_TOOLS = {
+    "unshare": "util-linux",
+    "setpriv": "util-linux",
+    "mount": "mount",
+    "swtpm": "swtpm",
+    "swtpm_setup": "swtpm-tools",
+    "swtpm_ioctl": "swtpm-tools",
+    "tpm2_createek": "tpm2-tools",
+}
+
+
+class LabUnavailable(RuntimeError):
+    """What this machine lacks to run the lab, and how to get it."""
+
+
+def check_host(lab_bin: Path) -> None:
+    missing = [name for name in KEYLIME_PROGRAMS if not (lab_bin / name).exists()]
+    if missing:
+        raise LabUnavailable(f"{lab_bin} has no {', '.join(missing)}: `make venv-lab/.installed` builds it")
+    tools = [f"{tool} (apt-get install {package})" for tool, package in HOST_TOOLS.items() if not shutil.which(tool)]
+    if tools:
+        raise LabUnavailable(f"the lab needs {', '.join(tools)}")
+    if os.geteuid() != 0:
+        raise LabUnavailable("the lab runs as root: it starts each process in a private mount namespace as the pod's user")
+
+
+class LabPki:
+    """The program's keys and certificates made real: declared placeholder -> PEM, and files of them."""
+
+    def __init__(self, pems: dict[str, str], declarations: list[dict], directory: Path, lab_bin: Path):
+        self.pems, self.declarations, self.directory, self.lab_bin = pems, declarations, directory, lab_bin
+
+    @classmethod
+    def issue(cls, program: ProgramRun, directory: Path, lab_bin: Path) -> LabPki:
+        directory.mkdir()
+        declarations = tls_declarations(program)
+        write_json(directory / "declared.json", declarations)
+        result = subprocess.run(
+            [str(lab_bin / "python"), str(LAB / "pki.py"), "issue", str(directory / "declared.json"), str(directory / "real.json")],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"pki.py issue failed:\n{result.stderr}")
+        return cls(json.loads((directory / "real.json").read_text()), declarations, directory, lab_bin)
+
+    def real(self, declared: str) -> str:
+        try:
+            return self.pems[declared]
+        except KeyError:
+            raise KeyError(f"a Secret declares a value that no pulumi-tls resource produces: {declared[:80]!r}") from None
+
+    def output(self, resource_name: str) -> str:
+        """The real PEM of a resource's main output (key, CSR or certificate)."""
+        declaration = next(d for d in self.declarations if d["name"] == resource_name)
+        attribute = next(a for a in ("certPem", "certRequestPem", "privateKeyPem") if a in declaration["outputs"])
+        return self.real(declaration["outputs"][attribute])
+
+    def file(self, resource_name: str) -> Path:
+        path = self.directory / f"{resource_name}.pem"
+        if not path.exists():
+            path.write_text(self.output(resource_name))
+        return path
+
+    def describe(self, resource_name: str) -> dict:
+        result = subprocess.run([str(self.lab_bin / "python"), str(LAB / "pki.py"), "describe", str(self.file(resource_name))],
+                                capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(result.stdout)
+
+
+def node_port_target(cluster_: Cluster, node_port: int) -> int:
+    """The container port a declared NodePort leads to."""
+    for service in cluster_.of_kind("Service"):
+        for port in service["spec"]["ports"]:
+            if port.get("nodePort") == node_port:
+                return port["targetPort"]
+    raise KeyError(f"no Service publishes NodePort {node_port}")
+
+
+class Lab:
+    def __init__(self, stack: str, lab_bin: Path, overrides: Mapping[str, object] | None = None):
+        check_host(lab_bin)
+        self.stack, self.lab_bin, self.overrides = stack, lab_bin, dict(overrides or {})
+        self._stops: list = []
+        # Traversable by the pods' non-root users (pytest's own tmp_path is private to root).
+        self.root = Path(tempfile.mkdtemp(prefix="keylime-lab-"))
+        self.root.chmod(0o755)
+        self._stops.append(lambda: shutil.rmtree(self.root, ignore_errors=True))
+
+    def close(self) -> None:
+        while self._stops:
+            self._stops.pop()()
+
+    @cached_property
+    def program(self) -> ProgramRun:
+        return run_program(self.stack, self.overrides)
+
+    @cached_property
+    def infra_cluster(self) -> Cluster:
+        return cluster(self.program, INFRA_PROVIDER)
+
+    @cached_property
+    def agent_cluster(self) -> Cluster:
+        return cluster(self.program, AGENT_PROVIDER)
+
+    @cached_property
+    def pki(self) -> LabPki:
+        return LabPki.issue(self.program, self.root / "pki", self.lab_bin)
+
+    @cached_property
+    def infra(self) -> KeylimeInfra:
+        """The registrar and verifier, running; the tenant, runnable."""
+        servers = KeylimeInfra(self.root / "infra", self.lab_bin, self.infra_cluster, self.pki.real)
+        self._stops.append(servers.stop)
+        servers.start()
+        return servers
+
+    @cached_property
+    def agent_pod(self) -> Pod:
+        """The first agent cluster's agent pod, its volumes materialised (the CA it trusts is the real one)."""
+        return Pod(self.root / "agent" / "pod", self.agent_cluster,
+                   self.agent_cluster.pod_spec("DaemonSet", "keylime-agent"), self.pki.real)
+
+    @cached_property
+    def agent_conf(self) -> dict:
+        """The push agent's agent.conf, as its container reads it (KEYLIME_AGENT_CONFIG)."""
+        container = self.agent_pod.spec["containers"][0]["name"]
+        return tomllib.loads(Path(self.agent_pod.env(container)["KEYLIME_AGENT_CONFIG"]).read_text())["agent"]
+
+    @cached_property
+    def agent_ca(self) -> Path:
+        """The CA file the push agent verifies the verifier with (agent.conf's verifier_tls_ca_cert, in its pod)."""
+        return self.agent_pod.path(self.agent_pod.spec["containers"][0]["name"], self.agent_conf["verifier_tls_ca_cert"])
+
+    def new_agent(self, name: str) -> EmulatedAgent:
+        """A fresh agent pod's TPM, initialised and served as declared, with an EK and an AK in it."""
+        emulated = EmulatedAgent(self.agent_pod, self.root / "agents" / name)
+        self._stops.append(emulated.stop)
+        emulated.start()
+        emulated.create_identity()
+        return emulated
+
+    @cached_property
+    def agent(self) -> EmulatedAgent:
+        return self.new_agent("agent")
+
+    @cached_property
+    def registrar_url(self) -> str:
+        """Where the agent's configured registrar address leads in the lab (its NodePort's target, on 127.0.0.1)."""
+        self.infra  # noqa: B018 (the servers must be up)
+        scheme = "https" if self.agent_conf["registrar_tls_enabled"] else "http"
+        return f"{scheme}://127.0.0.1:{node_port_target(self.infra_cluster, self.agent_conf['registrar_port'])}"
+
+    @cached_property
+    def verifier_address(self) -> tuple[str, int]:
+        """Where the agent's configured verifier URL leads in the lab: 127.0.0.1 and its NodePort's target."""
+        from urllib.parse import urlsplit
+
+        self.infra  # noqa: B018
+        return "127.0.0.1", node_port_target(self.infra_cluster, urlsplit(self.agent_conf["verifier_url"]).port)
+
+    def push_client(self, agent: EmulatedAgent) -> PushClient:
+        """The push protocol as the agent's agent.conf sets it up: its verifier URL (the certificate is
+        verified as that URL's host, against the CA file agent.conf names), reached on 127.0.0.1."""
+        address, port = self.verifier_address
+        return PushClient(
+            tpm=agent.tpm,
+            workdir=agent.workdir,
+            uuid=agent.uuid,
+            verifier_url=self.agent_conf["verifier_url"],
+            ca_file=self.agent_ca,
+            connect_to=address,
+            port=port,
+            ak_handle=int(AK_HANDLE, 16),
+            tpm_send=agent.send,
+        )
+
+    @cached_property
+    def kubectl_env(self) -> dict[str, str]:
+        """The environment under which `kubectl` is the lab's stand-in (tools/lab/bin) for the infra cluster."""
+        context = self.root / "kubectl.json"
+        write_json(context, self.infra.kubectl_context())
+        return {**os.environ, "PATH": f"{LAB / 'bin'}:{os.environ['PATH']}", "KEYLIME_LAB_KUBECTL": str(context)}
