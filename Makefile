@@ -13,7 +13,7 @@ STACK ?= swtpm
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
 
-.PHONY: setup swtpm hwtpm verify enroll clean test render
+.PHONY: setup swtpm hwtpm verify enroll clean test render preflight
 
 # What the enrollment script needs, read from the stack's outputs (the kubeconfig never reaches the terminal).
 ENROLL_ENV = KUBECONFIG_DATA="$$(pulumi stack output infraKubeconfig --show-secrets --stack $(STACK))" \
@@ -72,6 +72,11 @@ clean:
 
 test: $(VENV)/.installed $(VALIDATORS_VENV)/.installed $(LAB_VENV)/.installed
 	VALIDATORS_BIN=$(CURDIR)/$(VALIDATORS_VENV)/bin LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m pytest
+
+# Before a long `pulumi up`: the stack's servers, certificates and tpmPolicy, tried for real in seconds.
+preflight: $(VENV)/.installed $(LAB_VENV)/.installed
+	LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m tools.preflight --stack $(STACK) \
+	  $(foreach setting,$(SET),--set '$(setting)')
 
 render: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.render --stack $(STACK)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import yaml
 from conftest import ROOT
@@ -42,3 +43,12 @@ def test_make_verbs_wrap_pulumi_and_the_scripts():
     assert "enroll.py verify" in dry_run("verify") and "--stack hwtpm" in dry_run("verify")
     assert "pulumi destroy --stack" in dry_run("clean")
     assert "python -m pytest" in dry_run("test")
+
+
+def test_preflight_says_what_is_missing_instead_of_failing_halfway(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.preflight", "--lab-bin", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert "preflight cannot run here" in result.stderr and "make venv-lab/.installed" in result.stderr

@@ -57,10 +57,23 @@ def agent(lab):
 
 @pytest.fixture(scope="session")
 def registered_agent(lab):
-    lab.agent.register(lab.registrar_url)
+    if not lab.agent.registered:
+        lab.agent.register(lab.registrar_url)
     return lab.agent
 
 
 @pytest.fixture(scope="session")
 def kubectl_env(lab) -> dict[str, str]:
     return lab.kubectl_env
+
+
+@pytest.fixture
+def fresh(infra, registered_agent):
+    """The agent starts not enrolled, and leaves with its TPM power-cycled (PCRs back to their power-on values)."""
+    from .steps import verifier_view
+
+    if verifier_view(infra, registered_agent.uuid) is not None:
+        result = infra.tenant("-c", "delete", "-u", registered_agent.uuid, "--push-model")
+        assert result.returncode == 0, result.stdout + result.stderr
+    yield
+    registered_agent.reboot()

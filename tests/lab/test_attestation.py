@@ -15,21 +15,11 @@ import pytest
 from tools.lab.push import ProtocolError
 from tools.offline import run_program
 
-from .steps import command, run_enroll, verifier_view
+from .steps import command, run_enroll
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("fresh")]
 
 ONES = "1" * 64
-
-
-@pytest.fixture(autouse=True)
-def fresh(infra, registered_agent):
-    """Each test starts with the agent not enrolled, and leaves its TPM power-cycled (PCRs back to zero)."""
-    if verifier_view(infra, registered_agent.uuid) is not None:
-        result = infra.tenant("-c", "delete", "-u", registered_agent.uuid, "--push-model")
-        assert result.returncode == 0, result.stdout + result.stderr
-    yield
-    registered_agent.reboot()
 
 
 def declared(policy: dict | None = None) -> tuple[dict, dict]:

@@ -80,6 +80,7 @@ class EmulatedAgent:
         self.log: Any = None
         self.init_output = ""
         self.uuid: str | None = None
+        self.registered = False
         self.ek_cert: bytes | None = None
 
     # --- the pod's TPM --------------------------------------------------------------------------
@@ -239,3 +240,4 @@ class EmulatedAgent:
         status, answer = self.http("PUT", base, {"auth_tag": auth_tag})
         if status != 200:
             raise RuntimeError(f"activation answered {status}: {answer}")
+        self.registered = True

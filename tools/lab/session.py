@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +26,7 @@ from .push import PushClient
 from .servers import KeylimeInfra, write_json
 
 LAB = Path(__file__).resolve().parent
+ROOT = LAB.parents[1]
 INFRA_PROVIDER = "infra-k8s"
 AGENT_PROVIDER = "agents-1-k8s"
 KEYLIME_PROGRAMS = ("keylime_registrar", "keylime_verifier", "keylime_tenant", "python")
@@ -116,6 +118,20 @@ class Lab:
         self.root.chmod(0o755)
         self._stops.append(lambda: shutil.rmtree(self.root, ignore_errors=True))
 
+    def with_overrides(self, overrides: Mapping[str, object]) -> Lab:
+        """The same running lab (servers, PKI, agent) seen through the program evaluated with other config,
+        for config that changes only enrollment (such as tpmPolicy): refused if the servers would differ."""
+        other = object.__new__(Lab)
+        other.__dict__.update(self.__dict__)
+        other.overrides = {**self.overrides, **overrides}
+        other.__dict__.pop("program", None)
+        other.__dict__.pop("infra_cluster", None)
+        other.__dict__.pop("agent_cluster", None)
+        if other.infra_cluster.objects != self.infra_cluster.objects or other.agent_cluster.objects != self.agent_cluster.objects:
+            raise ValueError(f"{dict(overrides)} changes what the servers or the agent run; start a new Lab for it")
+        other._stops = []  # what runs belongs to the lab it came from
+        return other
+
     def close(self) -> None:
         while self._stops:
             self._stops.pop()()
@@ -203,6 +219,14 @@ class Lab:
             ak_handle=int(AK_HANDLE, 16),
             tpm_send=agent.send,
         )
+
+    def run_declared(self, resource_name: str, action: str = "create", **overrides: str) -> subprocess.CompletedProcess:
+        """Run a declared enrollment Command's `action` line with its declared environment, through kube.sh
+        and the lab's kubectl. The lab has one agent (EXPECTED_AGENTS=1) and polls faster."""
+        declared = self.program.named(resource_name).plain
+        env = {**self.kubectl_env, **declared["environment"], "EXPECTED_AGENTS": "1", "POLL_SECONDS": "0.5", **overrides}
+        return subprocess.run(shlex.split(declared[action]), cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600, check=False)
 
     @cached_property
     def kubectl_env(self) -> dict[str, str]:
