@@ -208,3 +208,24 @@ def test_images_stream_into_the_vm_with_the_pinned_host_key_and_no_key_left_behi
     identity = calls.split("-i ")[1].split()[0]
     assert not Path(identity).exists()
     assert shutil.which("ssh", path=str(VM_FAKES))
+
+
+def test_readiness_is_the_repository_script_run_over_ssh(hwtpm):
+    assert hwtpm.named("vm-ready").plain["create"] == (ROOT / "components" / "scripts" / "vm-wait-ready.sh").read_text()
+
+
+@pytest.mark.parametrize("failing", [None, "cloud-init"])
+def test_readiness_waits_for_cloud_init_then_the_node_and_shows_the_bootstrap_log_on_failure(vm_fakes, failing):
+    tmp_path, env, _ = vm_fakes
+    script = ROOT / "components" / "scripts" / "vm-wait-ready.sh"
+    result = subprocess.run(["bash", str(script)], env={**env, "FAKE_FAIL": failing or ""}, capture_output=True, text=True, check=False)
+    calls = (tmp_path / "vm-calls.log").read_text()
+    if failing:
+        assert result.returncode == 1
+        assert "sudo tail -n 50 /var/log/cloud-init-output.log" in calls and "kubectl" not in calls
+    else:
+        assert result.returncode == 0, result.stderr
+        assert calls.splitlines() == [
+            "cloud-init status --wait",
+            "sudo kubectl --kubeconfig /etc/kubernetes/admin.conf wait node --all --for=condition=Ready --timeout=600s",
+        ]
