@@ -100,7 +100,7 @@ def settings() -> tuple[int, float, float]:
         wait = float(os.environ.get("WAIT_SECONDS", "300"))
         poll = float(os.environ.get("POLL_SECONDS", "5"))
     except (KeyError, ValueError) as error:
-        raise SystemExit(f"enroll.py: EXPECTED_AGENTS, WAIT_SECONDS and POLL_SECONDS must be numbers ({error})")
+        raise SystemExit(f"enroll.py: EXPECTED_AGENTS, WAIT_SECONDS and POLL_SECONDS must be numbers ({error})") from None
     return expected, wait, poll
 
 
@@ -126,7 +126,7 @@ def policy() -> str:
         if not json.loads(value):
             raise ValueError
     except ValueError:
-        raise SystemExit("enroll.py: TPM_POLICY must be a non-empty JSON object (an empty policy never attests)")
+        raise SystemExit("enroll.py: TPM_POLICY must be a non-empty JSON object (an empty policy never attests)") from None
     return value
 
 
