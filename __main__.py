@@ -8,7 +8,7 @@ import pulumi_command as command
 import pulumi_docker as docker
 import pulumi_tls as tls
 
-from components.agent_cluster import AgentCluster, AgentClusterArgs, agent_cluster_name
+from components.agent_cluster import AgentCluster, AgentClusterArgs
 from components.endpoints import INFRA_CLUSTER, SERVERS, dial, server_sans
 from components.enrollment import Enrollment, EnrollmentArgs
 from components.images import KeylimeImages, KeylimeImagesArgs
@@ -25,6 +25,7 @@ tls_provider = tls.Provider("tls")
 command_provider = command.Provider("command")
 docker_provider = docker.Provider("docker")
 local = pulumi.ResourceOptions(providers=[command_provider, docker_provider])
+local_and_tls = pulumi.ResourceOptions(providers=[command_provider, docker_provider, tls_provider])
 
 pki = KeylimePki(
     "pki",
@@ -34,16 +35,14 @@ pki = KeylimePki(
 images = KeylimeImages("images", KeylimeImagesArgs(settings), local)
 infra = InfraCluster("infra", InfraClusterArgs(settings, pki, images), local)
 
-if settings.tpm_mode == "swtpm":
-    agents = [
+agent_hosts: list[AgentCluster | VtpmVm] = (
+    [
         AgentCluster(f"agents-{index}", AgentClusterArgs(settings, index, pki.ca_cert_pem, images), local)
         for index in range(1, settings.agent_clusters + 1)
     ]
-    agent_hosts = [(agent.kind.cluster.id, agent.daemon_set) for agent in agents]
-else:
-    vm = VtpmVm("vm", VtpmVmArgs(settings, pki.ca_cert_pem, images), pulumi.ResourceOptions(providers=[command_provider, docker_provider, tls_provider]))
-    agents = []
-    agent_hosts = [(vm.domain.id, vm.daemon_set)]
+    if settings.tpm_mode == "swtpm"
+    else [VtpmVm("vm", VtpmVmArgs(settings, pki.ca_cert_pem, images), local_and_tls)]
+)
 
 enrollment = Enrollment(
     "enrollment",
@@ -51,15 +50,15 @@ enrollment = Enrollment(
         settings=settings,
         expected_agents=agent_count(settings),
         infra_kubeconfig=infra.kind.kubeconfig,
-        cluster_ids=[infra.kind.cluster.id, *(host_id for host_id, _ in agent_hosts)],
-        ready=[*infra.workloads, *(daemon_set for _, daemon_set in agent_hosts)],
+        cluster_ids=[infra.kind.cluster.id, *(host.identity for host in agent_hosts)],
+        ready=[*infra.workloads, *(host.daemon_set for host in agent_hosts)],
     ),
     local,
 )
 
 pulumi.export("tpmMode", settings.tpm_mode)
 pulumi.export("infraCluster", INFRA_CLUSTER)
-pulumi.export("agentClusters", [agent_cluster_name(index) for index in range(1, len(agents) + 1)])
+pulumi.export("agentHosts", [host.host_name for host in agent_hosts])
 pulumi.export("registrarEndpoint", dial(settings, "agent", "registrar").url)
 pulumi.export("verifierEndpoint", dial(settings, "agent", "verifier").url)
 pulumi.export("caCertificate", pki.ca_cert_pem)

@@ -26,17 +26,23 @@ class AgentClusterArgs:
 
 
 class AgentCluster(pulumi.ComponentResource):
+    """An agent host, like VtpmVm: `host_name`, `identity` (replaced host, new agents) and `daemon_set`."""
+
     kind: KindCluster
+    host_name: str
+    identity: pulumi.Output[str]
     daemon_set: k8s.apps.v1.DaemonSet
 
     def __init__(self, name: str, args: AgentClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:agents:AgentCluster", name, None, opts)
         agent_image = args.images.refs["agent"]
+        self.host_name = agent_cluster_name(args.index)
         self.kind = KindCluster(
             name,
-            KindClusterArgs(cluster_name=agent_cluster_name(args.index), images={agent_image: args.images.built["agent"]}),
+            KindClusterArgs(cluster_name=self.host_name, images={agent_image: args.images.built["agent"]}),
             pulumi.ResourceOptions(parent=self),
         )
+        self.identity = self.kind.cluster.id
         self.daemon_set = declare_agent_workload(
             name,
             args.settings,
@@ -51,4 +57,4 @@ class AgentCluster(pulumi.ComponentResource):
                 depends_on=[self.kind.images_loaded],
             ),
         )
-        self.register_outputs({"cluster_name": agent_cluster_name(args.index)})
+        self.register_outputs({"cluster_name": self.host_name})

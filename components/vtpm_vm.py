@@ -39,6 +39,10 @@ class VtpmVmArgs:
 
 
 class VtpmVm(pulumi.ComponentResource):
+    """An agent host, like AgentCluster: `host_name`, `identity` (replaced VM, new agent) and `daemon_set`."""
+
+    host_name = VM_NAME
+    identity: pulumi.Output[str]
     domain: libvirt.Domain
     provider: k8s.Provider
     daemon_set: k8s.apps.v1.DaemonSet
@@ -98,6 +102,7 @@ class VtpmVm(pulumi.ComponentResource):
             autostart=True,
             opts=on_libvirt,
         )
+        self.identity = self.domain.id
 
         connection = command.remote.ConnectionArgs(
             host=address,

@@ -52,7 +52,7 @@ def test_stack_outputs_name_clusters_endpoints_and_hide_the_kubeconfig(run):
     program = run("swtpm", agentClusters=3, command_stdout=lambda name, inputs: {
         "enrollment-enroll": '{"enrolled": ["abc"]}', "enrollment-verify": '{"agents": []}'}.get(name, ""))
     outputs = program.outputs
-    assert outputs["agentClusters"].value == ["keylime-agents-1", "keylime-agents-2", "keylime-agents-3"]
+    assert outputs["agentHosts"].value == ["keylime-agents-1", "keylime-agents-2", "keylime-agents-3"]
     assert outputs["infraCluster"].value == "keylime-infra"
     assert outputs["verifierEndpoint"].value == "https://keylime-infra-control-plane:30881"
     assert outputs["enrolledAgents"].value == '{"enrolled": ["abc"]}' and not outputs["enrolledAgents"].secret

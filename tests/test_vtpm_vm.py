@@ -229,3 +229,10 @@ def test_readiness_waits_for_cloud_init_then_the_node_and_shows_the_bootstrap_lo
             "cloud-init status --wait",
             "sudo kubectl --kubeconfig /etc/kubernetes/admin.conf wait node --all --for=condition=Ready --timeout=600s",
         ]
+
+
+def test_the_vm_is_the_one_agent_host_enrollment_waits_for_and_re_enrolls_on(hwtpm):
+    enroll = hwtpm.named("enrollment-enroll")
+    assert enroll.plain["triggers"] == ["infra-cluster-id", "vm-domain-id"]
+    assert enroll.plain["environment"]["EXPECTED_AGENTS"] == "1"
+    assert hwtpm.outputs["agentHosts"].value == ["keylime-vtpm"]
