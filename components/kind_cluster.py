@@ -10,6 +10,7 @@ import pulumi_docker as docker
 import pulumi_kubernetes as k8s
 
 from components.kind import kind_config
+from components.providers import cluster_provider
 
 KIND_SCRIPT = "components/scripts/kind-cluster.sh"
 
@@ -53,16 +54,7 @@ class KindCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(additional_secret_outputs=["stdout"])),
         )
         self.kubeconfig = pulumi.Output.secret(kubeconfig.stdout)
-        self.provider = k8s.Provider(
-            f"{name}-k8s",
-            kubeconfig=self.kubeconfig,
-            # Only a new cluster (a new Command id) replaces the provider and everything it deployed;
-            # a refreshed kubeconfig for the same cluster does not.
-            cluster_identifier=self.cluster.id,
-            # `pulumi destroy` after the cluster vanished (or never came up) must not fail on its objects.
-            delete_unreachable=True,
-            opts=child,
-        )
+        self.provider = cluster_provider(f"{name}-k8s", self.kubeconfig, self.cluster.id, child)
         tags = sorted(args.images)
         self.images_loaded = command.local.Command(
             f"{name}-images",

@@ -15,6 +15,7 @@ import pulumi_tls as tls
 from components import cloud_init
 from components.agent_workload import TPM_DEVICE, declare_agent_workload
 from components.images import KeylimeImages
+from components.providers import cluster_provider
 from components.pod_security import checkov_waivers, resources
 from components.settings import Settings
 
@@ -143,13 +144,7 @@ class VtpmVm(pulumi.ComponentResource):
             triggers=[agent_image, self.domain.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[ready, args.images.built["agent"]]),
         )
-        self.provider = k8s.Provider(
-            f"{name}-k8s",
-            kubeconfig=pulumi.Output.secret(kubeconfig.stdout),
-            cluster_identifier=self.domain.id,
-            delete_unreachable=True,
-            opts=child,
-        )
+        self.provider = cluster_provider(f"{name}-k8s", kubeconfig.stdout, self.domain.id, child)
         objects = pulumi.ResourceOptions(
             parent=self, provider=self.provider, deleted_with=self.domain, depends_on=[images_loaded]
         )

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tools.lab.session import run_enrollment as run_enroll
+
+__all__ = ["as_verifier_stores", "command", "run_enroll", "verifier_policy", "verifier_view"]
 
 
 def command(run, name: str) -> dict:
     """A declared enrollment Command's inputs (create, update, delete, environment)."""
     return run.named(name).plain
-
-
-def run_enroll(kubectl_env, line: str, environment: dict[str, str], **overrides: str) -> subprocess.CompletedProcess:
-    env = {**kubectl_env, **environment, "EXPECTED_AGENTS": "1", "POLL_SECONDS": "0.5", **overrides}
-    return subprocess.run(shlex.split(line), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def verifier_view(infra, uuid: str) -> dict | None:

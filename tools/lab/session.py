@@ -16,6 +16,7 @@ import tomllib
 from functools import cached_property
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 from tools.offline import ProgramRun, run_program
 
@@ -97,6 +98,14 @@ class LabPki:
         result = subprocess.run([str(self.lab_bin / "python"), str(LAB / "pki.py"), "describe", str(self.file(resource_name))],
                                 capture_output=True, text=True, timeout=60, check=True)
         return json.loads(result.stdout)
+
+
+def run_enrollment(kubectl_env: dict[str, str], line: str, environment: dict[str, str], **overrides: str
+                   ) -> subprocess.CompletedProcess:
+    """Run an enrollment Command line with its declared environment, through kube.sh and the lab's kubectl.
+    The lab has one agent (EXPECTED_AGENTS=1) and polls faster."""
+    env = {**kubectl_env, **environment, "EXPECTED_AGENTS": "1", "POLL_SECONDS": "0.5", **overrides}
+    return subprocess.run(shlex.split(line), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 def node_port_target(cluster_: Cluster, node_port: int) -> int:
@@ -199,8 +208,6 @@ class Lab:
     @cached_property
     def verifier_address(self) -> tuple[str, int]:
         """Where the agent's configured verifier URL leads in the lab: 127.0.0.1 and its NodePort's target."""
-        from urllib.parse import urlsplit
-
         self.infra  # noqa: B018
         return "127.0.0.1", node_port_target(self.infra_cluster, urlsplit(self.agent_conf["verifier_url"]).port)
 
@@ -221,12 +228,9 @@ class Lab:
         )
 
     def run_declared(self, resource_name: str, action: str = "create", **overrides: str) -> subprocess.CompletedProcess:
-        """Run a declared enrollment Command's `action` line with its declared environment, through kube.sh
-        and the lab's kubectl. The lab has one agent (EXPECTED_AGENTS=1) and polls faster."""
+        """Run a declared enrollment Command of this lab's program (see `run_enrollment`)."""
         declared = self.program.named(resource_name).plain
-        env = {**self.kubectl_env, **declared["environment"], "EXPECTED_AGENTS": "1", "POLL_SECONDS": "0.5", **overrides}
-        return subprocess.run(shlex.split(declared[action]), cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=600, check=False)
+        return run_enrollment(self.kubectl_env, declared[action], declared["environment"], **overrides)
 
     @cached_property
     def kubectl_env(self) -> dict[str, str]:
