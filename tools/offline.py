@@ -27,17 +27,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 SECRET_PLACEHOLDER = "[secret]"
 
+from components import settings  # noqa: E402 (needs ROOT on sys.path)
+
 
 def stack_config(stack: str, overrides: Mapping[str, object] | None = None) -> dict[str, str]:
-    """The config a `pulumi up -s <stack>` would see: Pulumi.yaml defaults, then the stack file, then overrides.
+    """The config a `pulumi up -s <stack>` would see: the declared defaults, then the stack file, then overrides.
 
+    The defaults are the ones Pulumi.yaml declares, taken from their one definition in components/settings.py.
     Values are strings, as the Pulumi engine hands them to the program; keys are namespaced.
     """
-    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
-    merged: dict[str, object] = {}
-    for key, declaration in project.get("config", {}).items():
-        if isinstance(declaration, dict) and "default" in declaration:
-            merged[f"{PROJECT}:{key}"] = declaration["default"]
+    merged: dict[str, object] = {f"{PROJECT}:{key}": default for key, default in settings.DECLARED_DEFAULTS.items()}
     stack_file = ROOT / f"Pulumi.{stack}.yaml"
     merged.update((yaml.safe_load(stack_file.read_text()) or {}).get("config", {}))
     for key, value in (overrides or {}).items():
