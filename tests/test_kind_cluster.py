@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import yaml
 
-from components.images import build_specs
-from conftest import settings_for
 
 
 def test_kind_configs_publish_the_node_ports_on_the_infra_node_only(swtpm):
@@ -39,18 +37,18 @@ def test_kubeconfigs_are_secret_and_never_logged(swtpm):
 def test_images_are_loaded_again_only_when_their_content_hash_changes(run):
     base, changed = run("swtpm"), run("swtpm", agentUid=1000)
     load, load_changed = base.named("agents-1-images").plain, changed.named("agents-1-images").plain
-    tag = build_specs(settings_for("swtpm"))["agent"][-1].tag
+    tag = base.named("images-agent").plain["imageName"]
     assert load["triggers"] == [tag] and load["environment"]["IMAGES"] == tag
     assert load_changed["triggers"] != load["triggers"]
     assert base.named("infra-images").plain["triggers"] == run("swtpm", agentClusters=5).named("infra-images").plain["triggers"]
 
 
 def test_workloads_use_the_loaded_tags_with_if_not_present(swtpm):
-    specs = build_specs(settings_for("swtpm"))
+    agent_tag = swtpm.named("images-agent").plain["imageName"]
     for resource in swtpm.resources:
         if resource.type == "kubernetes:apps/v1:DaemonSet":
             images = {c["image"] for c in resource.plain["spec"]["template"]["spec"]["containers"]}
-            assert images == {specs["agent"][-1].tag}
+            assert images == {agent_tag}
 
 
 def test_local_images_build_from_the_clones_then_add_the_thin_layer(run, tmp_path):

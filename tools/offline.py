@@ -220,18 +220,35 @@ def run_program(
     `declared` receives each registration as it happens, so a caller can see what existed when the
     program raised.
     """
+    return run_declarations(
+        lambda: runpy.run_path(str(main), run_name="__main__"),
+        stack=stack,
+        config=stack_config(stack, overrides),
+        command_stdout=command_stdout,
+        declared=declared,
+    )
+
+
+def run_declarations(
+    declare: Callable[[], object],
+    stack: str = "test",
+    config: Mapping[str, str] | None = None,
+    command_stdout: Callable[[str, dict[str, Any]], str] | None = None,
+    declared: list[Resource] | None = None,
+) -> ProgramRun:
+    """Run `declare` (the program, or one component with its Args) under mocks and record what it declares."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     mocks = RecordingMocks(command_stdout)
     monitor = RecordingMonitor(mocks, declared if declared is not None else [])
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
-    pulumi.runtime.set_all_config(stack_config(stack, overrides))
+    pulumi.runtime.set_all_config(dict(config or {}))
 
     outputs: dict[str, StackOutput] = {}
 
     @pulumi.runtime.test
     async def evaluate() -> None:
-        runpy.run_path(str(main), run_name="__main__")
+        declare()
         # Under mocks nothing finalises the stack, so read the exports off the root resource here.
         for name, value in pulumi.runtime.get_root_resource().outputs.items():
             output = pulumi.Output.from_input(value)
