@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pulumi
@@ -30,19 +31,12 @@ def upstream_image(component: str, version: str) -> str:
 
 
 def git_head(clone: str) -> str:
-    """The commit a clone has checked out, read from .git without running git."""
-    git_dir = Path(clone) / ".git"
-    try:
-        head = (git_dir / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head
-        ref = head.removeprefix("ref: ")
-        if (git_dir / ref).is_file():
-            return (git_dir / ref).read_text().strip()
-        packed = (git_dir / "packed-refs").read_text().splitlines()
-        return next(line.split()[0] for line in packed if line.endswith(f" {ref}"))
-    except (OSError, StopIteration):
-        return "unknown-commit"
+    """The commit a clone has checked out, as git resolves it: a worktree's or a submodule's `.git` is a
+    file pointing elsewhere, and refs may be loose, packed or in a reftable."""
+    resolved = subprocess.run(
+        ["git", "-C", clone, "rev-parse", "--verify", "--quiet", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return resolved.stdout.strip() if resolved.returncode == 0 else "unknown-commit"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import yaml
 
-
-
+from components.images import git_head
 def test_kind_configs_publish_the_node_ports_on_the_infra_node_only(swtpm):
     infra = yaml.safe_load(swtpm.named("infra-cluster").plain["environment"]["KIND_CONFIG"])
     assert infra["name"] == "keylime-infra"
@@ -64,3 +65,24 @@ def test_local_images_build_from_the_clones_then_add_the_thin_layer(run, tmp_pat
     thin = program.named("images-agent")
     assert thin.plain["build"]["args"]["BASE_IMAGE"] == source["imageName"]
     assert program.named("images-agent-source").urn in thin.dependencies
+
+
+def git(*args: str, cwd) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_local_clone_is_identified_by_the_commit_git_resolves_even_in_a_worktree(tmp_path):
+    clone = tmp_path / "keylime"
+    clone.mkdir()
+    git("init", "--quiet", cwd=clone)
+    (clone / "README").write_text("first\n")
+    git("add", "README", cwd=clone)
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "--quiet", "-m", "first", cwd=clone)
+    git("worktree", "add", "--quiet", "-b", "other", str(tmp_path / "worktree"), cwd=clone)
+    (tmp_path / "worktree" / "README").write_text("second\n")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "--quiet", "-am", "second", cwd=tmp_path / "worktree")
+    git("pack-refs", "--all", cwd=clone)
+    assert (tmp_path / "worktree" / ".git").is_file()
+    assert git_head(str(clone)) == git("rev-parse", "HEAD", cwd=clone)
+    assert git_head(str(tmp_path / "worktree")) == git("rev-parse", "HEAD", cwd=tmp_path / "worktree") != git_head(str(clone))
+    assert git_head(str(tmp_path)) == "unknown-commit"
