@@ -9,7 +9,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 import pytest
-from conftest import ROOT, all_containers, env_of, kube_objects, pod_spec, settings_for
+from helpers import ROOT, all_containers, env_of, kube_objects, pod_spec, settings_for
 
 from components import keylime_conf
 from components.agent_cluster import AgentCluster, AgentClusterArgs

@@ -9,7 +9,7 @@ import pulumi_command as command
 import pulumi_docker as docker
 import pytest
 import yaml
-from conftest import all_containers, env_of, kube_objects, pod_spec
+from helpers import all_containers, env_of, kube_objects, pod_spec
 
 from components import keylime_conf
 from components.images import SERVER_COMPONENTS, BuiltImage

@@ -7,7 +7,7 @@ import json
 import tomllib
 
 import pytest
-from conftest import settings_for
+from helpers import settings_for
 
 from components import keylime_conf
 from components.endpoints import service_fqdn

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
+from helpers import ROOT
 
 from tools.offline import run_program
 from tools.render import render

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from conftest import ROOT, settings_for
+from helpers import ROOT, settings_for
 
 from components.settings import DEFAULTS, KEYS, NAMESPACE, ZERO_DIGEST, SettingsError, parse_settings
 from tools import config_docs

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from conftest import ROOT, all_containers, env_of, kube_objects, pod_spec, settings_for
+from helpers import ROOT, all_containers, env_of, kube_objects, pod_spec, settings_for
 
 from components import cloud_init
 from components.endpoints import vm_host_address

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import runpy
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -21,13 +20,11 @@ import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
+from components import settings
+
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "keylime-push"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 SECRET_PLACEHOLDER = "[secret]"
-
-from components import settings  # noqa: E402 (needs ROOT on sys.path)
 
 
 def stack_config(stack: str, overrides: Mapping[str, object] | None = None) -> dict[str, str]:
