@@ -8,10 +8,12 @@ import pulumi_command as command
 import pulumi_docker as docker
 import pulumi_tls as tls
 
+from components import keylime_conf
 from components.agent_cluster import AgentCluster, AgentClusterArgs
+from components.agent_workload import AgentHost, AgentPodArgs
 from components.endpoints import INFRA_CLUSTER, SERVERS, dial, server_sans
 from components.enrollment import Enrollment, EnrollmentArgs
-from components.images import KeylimeImages, KeylimeImagesArgs
+from components.images import SERVER_COMPONENTS, KeylimeImages, KeylimeImagesArgs, LocalClones
 from components.infra_cluster import InfraCluster, InfraClusterArgs
 from components.keylime_conf import agent_count
 from components.pki import KeylimePki, KeylimePkiArgs
@@ -32,22 +34,77 @@ pki = KeylimePki(
     KeylimePkiArgs(server_sans={server: server_sans(settings, server) for server in SERVERS}),
     pulumi.ResourceOptions(providers=[tls_provider]),
 )
-images = KeylimeImages("images", KeylimeImagesArgs(settings), local)
-infra = InfraCluster("infra", InfraClusterArgs(settings, pki, images), local)
+images = KeylimeImages(
+    "images",
+    KeylimeImagesArgs(
+        keylime_version=settings.keylime_version,
+        agent_version=settings.agent_version,
+        uid=settings.agent_uid,
+        gid=settings.agent_gid,
+        clones=(
+            LocalClones(keylime=settings.keylime_git, rust_keylime=settings.rust_keylime_git)
+            if settings.keylime_git is not None and settings.rust_keylime_git is not None
+            else None
+        ),
+    ),
+    local,
+)
+infra = InfraCluster(
+    "infra",
+    InfraClusterArgs(
+        images={component: images.image(component) for component in SERVER_COMPONENTS},
+        configs={
+            "registrar": keylime_conf.registrar_conf(settings),
+            "verifier": keylime_conf.verifier_conf(settings),
+            "tenant": keylime_conf.tenant_conf(settings),
+        },
+        ca_cert_pem=pki.ca_cert_pem,
+        registrar_cert=pki.servers["registrar"],
+        verifier_cert=pki.servers["verifier"],
+        verifier_client_cert=pki.clients["verifier-client"],
+        tenant_cert=pki.clients["tenant"],
+        uid=settings.agent_uid,
+        gid=settings.agent_gid,
+        registrar_node_port=settings.registrar_node_port,
+        registrar_tls_node_port=settings.registrar_tls_node_port,
+        verifier_node_port=settings.verifier_node_port,
+    ),
+    local,
+)
 
-agent_hosts: list[AgentCluster | VtpmVm] = (
+agent = AgentPodArgs(
+    image=images.image("agent"),
+    agent_conf=keylime_conf.agent_conf(settings),
+    uid=settings.agent_uid,
+    gid=settings.agent_gid,
+    ca_cert_pem=pki.ca_cert_pem,
+)
+agent_hosts: list[AgentHost] = (
     [
-        AgentCluster(f"agents-{index}", AgentClusterArgs(settings, index, pki.ca_cert_pem, images), local)
+        AgentCluster(f"agents-{index}", AgentClusterArgs(index=index, agent=agent), local)
         for index in range(1, settings.agent_clusters + 1)
     ]
     if settings.tpm_mode == "swtpm"
-    else [VtpmVm("vm", VtpmVmArgs(settings, pki.ca_cert_pem, images), local_and_tls)]
+    else [
+        VtpmVm(
+            "vm",
+            VtpmVmArgs(
+                agent=agent,
+                libvirt_uri=settings.libvirt_uri,
+                network_cidr=settings.vm_network_cidr,
+                base_image=settings.vm_image,
+                cpus=settings.vm_cpus,
+                memory_mib=settings.vm_memory_mib,
+            ),
+            local_and_tls,
+        )
+    ]
 )
 
 enrollment = Enrollment(
     "enrollment",
     EnrollmentArgs(
-        settings=settings,
+        tpm_policy_json=settings.tpm_policy_json,
         expected_agents=agent_count(settings),
         infra_kubeconfig=infra.kind.kubeconfig,
         cluster_ids=[infra.kind.cluster.id, *(host.identity for host in agent_hosts)],

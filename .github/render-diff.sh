@@ -5,8 +5,11 @@ set -euo pipefail
 
 base_sha="${1:?usage: $0 BASE_SHA}"
 work="$(mktemp -d)"
-trap 'git worktree remove --force "${work}/base" >/dev/null 2>&1 || true; rm -rf "${work}"' EXIT
-git worktree add --quiet --detach "${work}/base" "${base_sha}" >/dev/null
+trap 'rm -rf "${work}"' EXIT
+# A throwaway clone, not a worktree: nothing is registered in (or left behind in) this repository.
+# --shared borrows this repository's objects, so any commit it has can be checked out.
+git clone --quiet --shared --no-checkout "$(pwd)" "${work}/base"
+git -C "${work}/base" checkout --quiet --detach "${base_sha}"
 
 python="$(pwd)/venv/bin/python"
 echo "### Offline render: what this change does to the declared resources"

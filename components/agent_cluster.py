@@ -7,10 +7,8 @@ import dataclasses
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.agent_workload import declare_agent_workload
-from components.images import KeylimeImages
+from components.agent_workload import AgentPodArgs, declare_agent_workload
 from components.kind_cluster import KindCluster, KindClusterArgs
-from components.settings import Settings
 
 
 def agent_cluster_name(index: int) -> str:
@@ -19,14 +17,12 @@ def agent_cluster_name(index: int) -> str:
 
 @dataclasses.dataclass
 class AgentClusterArgs:
-    settings: Settings
     index: int
-    ca_cert_pem: pulumi.Input[str]
-    images: KeylimeImages
+    agent: AgentPodArgs
 
 
 class AgentCluster(pulumi.ComponentResource):
-    """An agent host, like VtpmVm: `host_name`, `identity` (replaced host, new agents) and `daemon_set`."""
+    """An `AgentHost`: one Kind cluster whose one node runs one agent."""
 
     kind: KindCluster
     host_name: str
@@ -35,19 +31,16 @@ class AgentCluster(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: AgentClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:agents:AgentCluster", name, None, opts)
-        agent_image = args.images.refs["agent"]
         self.host_name = agent_cluster_name(args.index)
         self.kind = KindCluster(
             name,
-            KindClusterArgs(cluster_name=self.host_name, images={agent_image: args.images.built["agent"]}),
+            KindClusterArgs(cluster_name=self.host_name, images=[args.agent.image]),
             pulumi.ResourceOptions(parent=self),
         )
         self.identity = self.kind.cluster.id
         self.daemon_set = declare_agent_workload(
             name,
-            args.settings,
-            agent_image,
-            args.ca_cert_pem,
+            args.agent,
             "swtpm",
             pulumi.ResourceOptions(
                 parent=self,

@@ -1,12 +1,14 @@
 """The push agent's Kubernetes objects, shared by the Kind agent clusters (swtpm) and the VM (hardware TPM).
 
-Not a component of its own: AgentCluster and VtpmVm each declare these objects on their cluster.
+Not a component of its own: AgentCluster and VtpmVm each declare these objects on their cluster, and
+each is an `AgentHost`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -21,7 +23,7 @@ from components.pod_security import (
     pod_security_context,
     resources,
 )
-from components.settings import Settings
+from components.images import BuiltImage
 
 TpmAccess = Literal["swtpm", "device"]
 
@@ -38,6 +40,28 @@ AGENT_CONFIG = "keylime-agent-config"
 CA_SECRET = "keylime-ca"
 LABELS = {"app.kubernetes.io/name": "keylime-agent"}
 NO_PROBE = "the push agent opens no port (it only dials out); a crash restarts the container"
+
+
+class AgentHost(Protocol):
+    """Where agents run (an AgentCluster or the VtpmVm): what enrollment and the stack outputs need of it."""
+
+    host_name: str
+    identity: pulumi.Output[str]
+    """Changes when the host is replaced, which means new agents (new TPMs) to enroll."""
+    daemon_set: k8s.apps.v1.DaemonSet
+
+
+@dataclasses.dataclass
+class AgentPodArgs:
+    """What an agent pod needs on any host."""
+
+    image: BuiltImage
+    agent_conf: str
+    """The rendered agent.conf (keylime_conf.agent_conf)."""
+    uid: int
+    gid: int
+    ca_cert_pem: pulumi.Input[str]
+    """The CA the agent trusts the registrar and the verifier by."""
 
 
 def agent_env(tpm: TpmAccess) -> list[dict[str, str]]:
@@ -110,12 +134,7 @@ def _swtpm_containers(image: str, security: dict[str, Any]) -> list[dict[str, An
 
 
 def declare_agent_workload(
-    name: str,
-    settings: Settings,
-    image: str,
-    ca_cert_pem: pulumi.Input[str],
-    tpm: TpmAccess,
-    opts: pulumi.ResourceOptions,
+    name: str, pod_args: AgentPodArgs, tpm: TpmAccess, opts: pulumi.ResourceOptions
 ) -> k8s.apps.v1.DaemonSet:
     """Namespace, CA Secret, agent ConfigMap, deny-ingress policy and the agent DaemonSet."""
     namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=opts)
@@ -124,10 +143,10 @@ def declare_agent_workload(
         f"{name}-ca",
         metadata=metadata(CA_SECRET),
         type="Opaque",
-        string_data={keylime_conf.CA_CERT: ca_cert_pem},
+        string_data={keylime_conf.CA_CERT: pod_args.ca_cert_pem},
         opts=opts,
     )
-    files = {"agent.conf": keylime_conf.agent_conf(settings)}
+    files = {"agent.conf": pod_args.agent_conf}
     if tpm == "swtpm":
         files["swtpm-init.sh"] = SWTPM_INIT_SCRIPT.read_text()
     config = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(AGENT_CONFIG), data=files, opts=opts)
@@ -139,7 +158,7 @@ def declare_agent_workload(
         opts=opts,
     )
 
-    uid, gid = settings.agent_uid, settings.agent_gid
+    uid, gid, image = pod_args.uid, pod_args.gid, pod_args.image.ref
     security = container_security_context(uid, gid)
     agent_resources = resources("50m", "64Mi", "500m", "256Mi")
     volumes: list[dict[str, Any]] = [

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from components.endpoints import vm_host_address
+from components.endpoints import network_host_address
 from components.kind import KUBERNETES_VERSION
-from components.settings import VM_POD_CIDR, VM_SERVICE_CIDR, Settings
+from components.settings import VM_POD_CIDR, VM_SERVICE_CIDR
 
 VM_USER = "keylime-push"
 VM_HOSTNAME = "keylime-vtpm"
@@ -24,9 +24,9 @@ BOOTSTRAP_ENV_PATH = "/etc/keylime-push/bootstrap.env"
 CNI_CONFIG_PATH = "/etc/cni/net.d/10-keylime-push-bridge.conflist"
 
 
-def vm_address(settings: Settings) -> str:
+def vm_address(network_cidr: str) -> str:
     """The VM's static address: the tenth of its network (the first is the host)."""
-    return str(list(ipaddress.ip_network(settings.vm_network_cidr).hosts())[9])
+    return str(list(ipaddress.ip_network(network_cidr).hosts())[9])
 
 
 def bridge_cni_config() -> str:
@@ -52,17 +52,17 @@ def bridge_cni_config() -> str:
     )
 
 
-def bootstrap_env(settings: Settings) -> str:
+def bootstrap_env(network_cidr: str) -> str:
     values = {
         "KUBERNETES_MINOR": f"v{KUBERNETES_VERSION}",
         "POD_CIDR": VM_POD_CIDR,
         "SERVICE_CIDR": VM_SERVICE_CIDR,
-        "NODE_ADDRESS": vm_address(settings),
+        "NODE_ADDRESS": vm_address(network_cidr),
     }
     return "".join(f"{key}={value}\n" for key, value in values.items())
 
 
-def user_data(settings: Settings, ssh_authorized_key: str, host_key_private: str, host_key_public: str) -> str:
+def user_data(network_cidr: str, ssh_authorized_key: str, host_key_private: str, host_key_public: str) -> str:
     """#cloud-config for the VM. The SSH host key is ours, so the host can pin it instead of trusting on first use."""
     config = {
         "hostname": VM_HOSTNAME,
@@ -85,7 +85,7 @@ def user_data(settings: Settings, ssh_authorized_key: str, host_key_private: str
         "package_update": True,
         "packages": ["containerd", "apt-transport-https", "ca-certificates", "curl", "gpg"],
         "write_files": [
-            {"path": BOOTSTRAP_ENV_PATH, "permissions": "0644", "content": bootstrap_env(settings)},
+            {"path": BOOTSTRAP_ENV_PATH, "permissions": "0644", "content": bootstrap_env(network_cidr)},
             {"path": BOOTSTRAP_PATH, "permissions": "0755", "content": BOOTSTRAP_SCRIPT.read_text()},
             {"path": CNI_CONFIG_PATH, "permissions": "0644", "content": bridge_cni_config()},
         ],
@@ -94,16 +94,16 @@ def user_data(settings: Settings, ssh_authorized_key: str, host_key_private: str
     return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)
 
 
-def network_config(settings: Settings) -> str:
+def network_config(network_cidr: str) -> str:
     """Netplan v2: a static address, so the VM's address is known before it boots."""
-    prefix = ipaddress.ip_network(settings.vm_network_cidr).prefixlen
-    host = vm_host_address(settings)
+    prefix = ipaddress.ip_network(network_cidr).prefixlen
+    host = network_host_address(network_cidr)
     config = {
         "version": 2,
         "ethernets": {
             "primary": {
                 "match": {"name": "en*"},
-                "addresses": [f"{vm_address(settings)}/{prefix}"],
+                "addresses": [f"{vm_address(network_cidr)}/{prefix}"],
                 "routes": [{"to": "default", "via": host}],
                 "nameservers": {"addresses": [host]},
             }

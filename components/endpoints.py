@@ -49,9 +49,13 @@ def service_fqdn(server: Server) -> str:
     return f"{SERVICE_NAMES[server]}.{KEYLIME_NAMESPACE}.svc.cluster.local"
 
 
+def network_host_address(network_cidr: str) -> str:
+    """The host's address on a libvirt NAT network: the network's first address, its gateway."""
+    return str(next(ipaddress.ip_network(network_cidr).hosts()))
+
+
 def vm_host_address(settings: Settings) -> str:
-    """The host's address on the libvirt NAT network: the network's first address, its gateway."""
-    return str(next(ipaddress.ip_network(settings.vm_network_cidr).hosts()))
+    return network_host_address(settings.vm_network_cidr)
 
 
 def agent_facing_host(settings: Settings) -> str:

@@ -7,8 +7,6 @@ import dataclasses
 import pulumi
 import pulumi_command as command
 
-from components.settings import Settings
-
 ENROLL_SCRIPT = "components/scripts/enroll.py"
 REGISTRATION_WAIT_SECONDS = 300
 ATTESTATION_WAIT_SECONDS = 180
@@ -16,7 +14,8 @@ ATTESTATION_WAIT_SECONDS = 180
 
 @dataclasses.dataclass
 class EnrollmentArgs:
-    settings: Settings
+    tpm_policy_json: str
+    """What the agents are enrolled with, as keylime_tenant --tpm_policy takes it."""
     expected_agents: int
     infra_kubeconfig: pulumi.Output[str]
     cluster_ids: list[pulumi.Output[str]]
@@ -42,7 +41,7 @@ class Enrollment(pulumi.ComponentResource):
             delete=f"{ENROLL_SCRIPT} delete",
             environment={
                 **access,
-                "TPM_POLICY": args.settings.tpm_policy_json,
+                "TPM_POLICY": args.tpm_policy_json,
                 "WAIT_SECONDS": str(REGISTRATION_WAIT_SECONDS),
             },
             triggers=args.cluster_ids,
@@ -60,7 +59,7 @@ class Enrollment(pulumi.ComponentResource):
             create=f"{ENROLL_SCRIPT} verify",
             update=f"{ENROLL_SCRIPT} verify",
             # Re-verifies exactly when the enrolled set or its policy changed.
-            environment={**access, "ENROLLED": self.enrolled, "TPM_POLICY": args.settings.tpm_policy_json,
+            environment={**access, "ENROLLED": self.enrolled, "TPM_POLICY": args.tpm_policy_json,
                          "WAIT_SECONDS": str(ATTESTATION_WAIT_SECONDS)},
             logging=command.local.Logging.STDERR,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[enroll])),

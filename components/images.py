@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
 
-from components.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 # Paths handed to pulumi-docker are relative to the project folder, where pulumi runs, so state and
@@ -26,25 +26,17 @@ SERVER_COMPONENTS = ("registrar", "verifier", "tenant")
 COMPONENTS = (*SERVER_COMPONENTS, "agent")
 
 
-def upstream_image(component: str, settings: Settings) -> str:
-    version = settings.agent_version if component == "agent" else settings.keylime_version
+def upstream_image(component: str, version: str) -> str:
     return f"quay.io/keylime/keylime_{component}:v{version}"
 
 
 def git_head(clone: str) -> str:
-    """The commit a clone has checked out, read from .git without running git."""
-    git_dir = Path(clone) / ".git"
-    try:
-        head = (git_dir / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head
-        ref = head.removeprefix("ref: ")
-        if (git_dir / ref).is_file():
-            return (git_dir / ref).read_text().strip()
-        packed = (git_dir / "packed-refs").read_text().splitlines()
-        return next(line.split()[0] for line in packed if line.endswith(f" {ref}"))
-    except (OSError, StopIteration):
-        return "unknown-commit"
+    """The commit a clone has checked out, as git resolves it: a worktree's or a submodule's `.git` is a
+    file pointing elsewhere, and refs may be loose, packed or in a reftable."""
+    resolved = subprocess.run(
+        ["git", "-C", clone, "rev-parse", "--verify", "--quiet", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return resolved.stdout.strip() if resolved.returncode == 0 else "unknown-commit"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,18 +60,42 @@ class BuildSpec:
         return f"{TAG_PREFIX}/{self.repository}:{self.version}-{digest.hexdigest()[:12]}"
 
 
-def build_specs(settings: Settings) -> dict[str, list[BuildSpec]]:
+@dataclasses.dataclass(frozen=True)
+class LocalClones:
+    keylime: str
+    rust_keylime: str
+
+
+@dataclasses.dataclass
+class KeylimeImagesArgs:
+    keylime_version: str
+    agent_version: str
+    uid: int
+    gid: int
+    """The user and group the images' keylime user gets: the pods run as them."""
+    clones: LocalClones | None = None
+    """Build from these clones (imageSource=local) rather than FROM the upstream releases."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltImage:
+    """An image's tag, known before it is built, and the build, which whatever loads the tag waits for."""
+
+    ref: str
+    build: pulumi.Resource
+
+
+def build_specs(args: KeylimeImagesArgs) -> dict[str, list[BuildSpec]]:
     """Per component, the builds in order: a source build (imageSource=local), then the thin image."""
-    ids = (("KEYLIME_UID", str(settings.agent_uid)), ("KEYLIME_GID", str(settings.agent_gid)))
+    ids = (("KEYLIME_UID", str(args.uid)), ("KEYLIME_GID", str(args.gid)))
     specs: dict[str, list[BuildSpec]] = {}
     for component in COMPONENTS:
         is_agent = component == "agent"
-        version = settings.agent_version if is_agent else settings.keylime_version
+        version = args.agent_version if is_agent else args.keylime_version
         chain: list[BuildSpec] = []
-        base = upstream_image(component, settings)
-        if settings.image_source == "local":
-            clone = settings.rust_keylime_git if is_agent else settings.keylime_git
-            assert clone is not None  # settings guarantee both clones when imageSource=local
+        base = upstream_image(component, version)
+        if args.clones is not None:
+            clone = args.clones.rust_keylime if is_agent else args.clones.keylime
             source = BuildSpec(
                 repository=f"{component}-source",
                 version=version,
@@ -106,11 +122,6 @@ def build_specs(settings: Settings) -> dict[str, list[BuildSpec]]:
     return specs
 
 
-@dataclasses.dataclass
-class KeylimeImagesArgs:
-    settings: Settings
-
-
 class KeylimeImages(pulumi.ComponentResource):
     """All builds start at once; nothing here waits for a cluster."""
 
@@ -121,7 +132,7 @@ class KeylimeImages(pulumi.ComponentResource):
         super().__init__("keylime:images:KeylimeImages", name, None, opts)
         self.refs = {}
         self.built = {}
-        for component, chain in build_specs(args.settings).items():
+        for component, chain in build_specs(args).items():
             previous: docker.Image | None = None
             for spec in chain:
                 previous = docker.Image(
@@ -140,3 +151,6 @@ class KeylimeImages(pulumi.ComponentResource):
             self.refs[component] = chain[-1].tag
             self.built[component] = previous
         self.register_outputs({"refs": self.refs})
+
+    def image(self, component: str) -> BuiltImage:
+        return BuiltImage(self.refs[component], self.built[component])

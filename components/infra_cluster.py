@@ -10,9 +10,9 @@ import pulumi_kubernetes as k8s
 
 from components import keylime_conf
 from components.endpoints import INFRA_CLUSTER, KEYLIME_NAMESPACE, REGISTRAR_PORT, REGISTRAR_TLS_PORT, SERVICE_NAMES, VERIFIER_PORT
-from components.images import KeylimeImages
+from components.images import SERVER_COMPONENTS, BuiltImage
 from components.kind_cluster import KindCluster, KindClusterArgs
-from components.pki import KeylimePki
+from components.pki import IssuedCertificate
 from components.pod_security import (
     allow_ingress,
     checkov_waivers,
@@ -22,7 +22,6 @@ from components.pod_security import (
     pod_security_context,
     resources,
 )
-from components.settings import Settings
 
 CONFIG_MAP = "keylime-config"
 DATA_CAPACITY = "1Gi"
@@ -30,9 +29,22 @@ DATA_CAPACITY = "1Gi"
 
 @dataclasses.dataclass
 class InfraClusterArgs:
-    settings: Settings
-    pki: KeylimePki
-    images: KeylimeImages
+    images: dict[str, BuiltImage]
+    """The registrar, verifier and tenant images."""
+    configs: dict[str, str]
+    """Each server's rendered keylime configuration: registrar.conf, verifier.conf, tenant.conf."""
+    ca_cert_pem: pulumi.Input[str]
+    registrar_cert: IssuedCertificate
+    verifier_cert: IssuedCertificate
+    verifier_client_cert: IssuedCertificate
+    """The verifier's mTLS identity towards the registrar."""
+    tenant_cert: IssuedCertificate
+    uid: int
+    gid: int
+    """The user and group the servers run as."""
+    registrar_node_port: int
+    registrar_tls_node_port: int
+    verifier_node_port: int
 
 
 class InfraCluster(pulumi.ComponentResource):
@@ -42,88 +54,77 @@ class InfraCluster(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: InfraClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:infra:InfraCluster", name, None, opts)
-        settings, pki, images = args.settings, args.pki, args.images
-        self._settings = settings
-        self._name = name
         self.kind = KindCluster(
             name,
             KindClusterArgs(
                 cluster_name=INFRA_CLUSTER,
-                images={images.refs[c]: images.built[c] for c in ("registrar", "verifier", "tenant")},
+                images=[args.images[component] for component in SERVER_COMPONENTS],
                 # Published on the host too, so a VM on a libvirt network reaches them through the host.
-                host_ports=(settings.registrar_node_port, settings.registrar_tls_node_port, settings.verifier_node_port),
+                host_ports=(args.registrar_node_port, args.registrar_tls_node_port, args.verifier_node_port),
             ),
             pulumi.ResourceOptions(parent=self),
         )
         # Objects go when the cluster goes; deleting them one by one first would only slow destroy down.
-        self._opts = pulumi.ResourceOptions(
+        on_cluster = pulumi.ResourceOptions(
             parent=self, provider=self.kind.provider, deleted_with=self.kind.cluster, depends_on=[self.kind.images_loaded]
         )
-        namespace = k8s.core.v1.Namespace(
-            f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=self._opts
-        )
-        self._opts = pulumi.ResourceOptions.merge(self._opts, pulumi.ResourceOptions(depends_on=[namespace]))
+        namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=on_cluster)
+        in_namespace = pulumi.ResourceOptions.merge(on_cluster, pulumi.ResourceOptions(depends_on=[namespace]))
 
         k8s.core.v1.ConfigMap(
             f"{name}-config",
-            metadata=self._metadata(CONFIG_MAP, "config"),
-            data={
-                "registrar.conf": keylime_conf.registrar_conf(settings),
-                "verifier.conf": keylime_conf.verifier_conf(settings),
-                "tenant.conf": keylime_conf.tenant_conf(settings),
-            },
-            opts=self._opts,
+            metadata=_metadata(CONFIG_MAP, "config"),
+            data={f"{component}.conf": args.configs[component] for component in SERVER_COMPONENTS},
+            opts=in_namespace,
         )
-        registrar_files = {keylime_conf.SERVER_CERT: pki.servers["registrar"].cert_pem,
-                           keylime_conf.SERVER_KEY: pki.servers["registrar"].private_key_pem}
-        verifier_files = {keylime_conf.SERVER_CERT: pki.servers["verifier"].cert_pem,
-                          keylime_conf.SERVER_KEY: pki.servers["verifier"].private_key_pem,
-                          keylime_conf.CLIENT_CERT: pki.clients["verifier-client"].cert_pem,
-                          keylime_conf.CLIENT_KEY: pki.clients["verifier-client"].private_key_pem}
-        tenant_files = {keylime_conf.CLIENT_CERT: pki.clients["tenant"].cert_pem,
-                        keylime_conf.CLIENT_KEY: pki.clients["tenant"].private_key_pem}
+        registrar_files = {keylime_conf.SERVER_CERT: args.registrar_cert.cert_pem,
+                           keylime_conf.SERVER_KEY: args.registrar_cert.private_key_pem}
+        verifier_files = {keylime_conf.SERVER_CERT: args.verifier_cert.cert_pem,
+                          keylime_conf.SERVER_KEY: args.verifier_cert.private_key_pem,
+                          keylime_conf.CLIENT_CERT: args.verifier_client_cert.cert_pem,
+                          keylime_conf.CLIENT_KEY: args.verifier_client_cert.private_key_pem}
+        tenant_files = {keylime_conf.CLIENT_CERT: args.tenant_cert.cert_pem,
+                        keylime_conf.CLIENT_KEY: args.tenant_cert.private_key_pem}
         for component, files in (("registrar", registrar_files), ("verifier", verifier_files), ("tenant", tenant_files)):
             k8s.core.v1.Secret(
                 f"{name}-{component}-tls",
-                metadata=self._metadata(f"keylime-{component}-tls", component),
+                metadata=_metadata(f"keylime-{component}-tls", component),
                 type="Opaque",
-                string_data={keylime_conf.CA_CERT: pki.ca_cert_pem, **files},
-                opts=self._opts,
+                string_data={keylime_conf.CA_CERT: args.ca_cert_pem, **files},
+                opts=in_namespace,
             )
 
-        registrar = self._server(
+        servers = _Servers(name, args.images, args.uid, args.gid, in_namespace)
+        registrar = servers.deployment(
             "registrar",
-            images.refs["registrar"],
             ports={"http": REGISTRAR_PORT, "https": REGISTRAR_TLS_PORT},
             probe_port=REGISTRAR_TLS_PORT,
             env={},
             size=resources("100m", "128Mi", "500m", "512Mi"),
         )
-        verifier = self._server(
+        verifier = servers.deployment(
             "verifier",
-            images.refs["verifier"],
             ports={"https": VERIFIER_PORT},
             probe_port=VERIFIER_PORT,
             # 7.13-7.14.0 templates put `mode` in the wrong section; the variable is read before any file.
             env={"KEYLIME_VERIFIER_MODE": "push"},
             size=resources("200m", "256Mi", "1", "1Gi"),
         )
-        self.tenant = self._server(
+        self.tenant = servers.deployment(
             "tenant",
-            images.refs["tenant"],
             ports={},
             probe_port=None,
             env={},
             size=resources("50m", "128Mi", "500m", "512Mi"),
         )
-        registrar_service = self._node_port_service(
+        registrar_service = servers.node_port_service(
             "registrar",
             {
-                "http": (REGISTRAR_PORT, settings.registrar_node_port),
-                "https": (REGISTRAR_TLS_PORT, settings.registrar_tls_node_port),
+                "http": (REGISTRAR_PORT, args.registrar_node_port),
+                "https": (REGISTRAR_TLS_PORT, args.registrar_tls_node_port),
             },
         )
-        verifier_service = self._node_port_service("verifier", {"https": (VERIFIER_PORT, settings.verifier_node_port)})
+        verifier_service = servers.node_port_service("verifier", {"https": (VERIFIER_PORT, args.verifier_node_port)})
         for policy_name, spec in (
             ("default-deny-ingress", deny_all_ingress()),
             ("registrar-ingress", allow_ingress({"app.kubernetes.io/name": "keylime-registrar"}, [REGISTRAR_PORT, REGISTRAR_TLS_PORT])),
@@ -133,47 +134,57 @@ class InfraCluster(pulumi.ComponentResource):
                 f"{name}-{policy_name}",
                 metadata={"name": f"keylime-{policy_name}", "namespace": KEYLIME_NAMESPACE},
                 spec=spec,
-                opts=self._opts,
+                opts=in_namespace,
             )
         self.workloads = [registrar, verifier, self.tenant, registrar_service, verifier_service]
         self.register_outputs({"cluster_name": INFRA_CLUSTER})
 
-    def _metadata(self, name: str, component: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {
-            "name": name,
-            "namespace": KEYLIME_NAMESPACE,
-            "labels": {"app.kubernetes.io/name": f"keylime-{component}", "app.kubernetes.io/part-of": "keylime-push"},
-        }
-        if annotations:
-            metadata["annotations"] = annotations
-        return metadata
 
-    def _server(
+def _metadata(name: str, component: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": KEYLIME_NAMESPACE,
+        "labels": {"app.kubernetes.io/name": f"keylime-{component}", "app.kubernetes.io/part-of": "keylime-push"},
+    }
+    if annotations:
+        metadata["annotations"] = annotations
+    return metadata
+
+
+@dataclasses.dataclass(frozen=True)
+class _Servers:
+    """What every server object in the namespace shares: names, images, user and group, and resource options."""
+
+    name: str
+    images: dict[str, BuiltImage]
+    uid: int
+    gid: int
+    opts: pulumi.ResourceOptions
+
+    def deployment(
         self,
         component: str,
-        image: str,
         ports: dict[str, int],
         probe_port: int | None,
         env: dict[str, str],
         size: dict[str, Any],
     ) -> k8s.apps.v1.Deployment:
-        settings = self._settings
-        uid, gid = settings.agent_uid, settings.agent_gid
+        uid, gid = self.uid, self.gid
         labels = {"app.kubernetes.io/name": f"keylime-{component}"}
         persistent = component in ("registrar", "verifier")
         if persistent:
             # sqlite on a PVC (Kind's default local-path class): enrollments and registrations survive
             # pod restarts and rescheduling for as long as the cluster exists.
             k8s.core.v1.PersistentVolumeClaim(
-                f"{self._name}-{component}-data",
-                metadata=self._metadata(
+                f"{self.name}-{component}-data",
+                metadata=_metadata(
                     f"keylime-{component}-data",
                     component,
                     # local-path binds on first use; waiting for Bound before the pod exists would never end.
                     {"pulumi.com/skipAwait": "true"},
                 ),
                 spec={"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": DATA_CAPACITY}}},
-                opts=self._opts,
+                opts=self.opts,
             )
         data_volume = (
             {"name": "data", "persistentVolumeClaim": {"claimName": f"keylime-{component}-data"}}
@@ -183,7 +194,7 @@ class InfraCluster(pulumi.ComponentResource):
         probe = {"tcpSocket": {"port": probe_port}, "periodSeconds": 10} if probe_port else None
         container: dict[str, Any] = {
             "name": component,
-            "image": image,
+            "image": self.images[component].ref,
             "imagePullPolicy": "IfNotPresent",
             "env": [
                 {"name": f"KEYLIME_{component.upper()}_CONFIG", "value": f"{keylime_conf.CONF_DIR}/{component}.conf"},
@@ -210,8 +221,8 @@ class InfraCluster(pulumi.ComponentResource):
             idle = "the tenant is an idle container for kubectl exec keylime_tenant and serves nothing to probe"
             specific = {"CKV_K8S_8": idle, "CKV_K8S_9": idle}
         return k8s.apps.v1.Deployment(
-            f"{self._name}-{component}",
-            metadata=self._metadata(f"keylime-{component}", component, checkov_waivers("CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15", **specific)),
+            f"{self.name}-{component}",
+            metadata=_metadata(f"keylime-{component}", component, checkov_waivers("CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15", **specific)),
             spec={
                 "replicas": 1,
                 # One sqlite writer: the old pod must stop before the new one opens the database.
@@ -235,13 +246,13 @@ class InfraCluster(pulumi.ComponentResource):
                     },
                 },
             },
-            opts=self._opts,
+            opts=self.opts,
         )
 
-    def _node_port_service(self, component: str, ports: dict[str, tuple[int, int]]) -> k8s.core.v1.Service:
+    def node_port_service(self, component: str, ports: dict[str, tuple[int, int]]) -> k8s.core.v1.Service:
         return k8s.core.v1.Service(
-            f"{self._name}-{component}-service",
-            metadata=self._metadata(SERVICE_NAMES[component], component),  # type: ignore[index]
+            f"{self.name}-{component}-service",
+            metadata=_metadata(SERVICE_NAMES[component], component),  # type: ignore[index]
             spec={
                 "type": "NodePort",
                 "selector": {"app.kubernetes.io/name": f"keylime-{component}"},
@@ -250,5 +261,5 @@ class InfraCluster(pulumi.ComponentResource):
                     for port_name, (port, node_port) in ports.items()
                 ],
             },
-            opts=self._opts,
+            opts=self.opts,
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 
+import tomli_w
+
 from components.endpoints import REGISTRAR_PORT, REGISTRAR_TLS_PORT, VERIFIER_PORT, dial
 from components.settings import Settings
 
@@ -214,8 +216,8 @@ def tenant_conf(settings: Settings) -> str:
     )
 
 
-def _toml(value: object) -> str:
-    return json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+def render_toml(tables: dict[str, dict[str, object]]) -> str:
+    return tomli_w.dumps(tables)
 
 
 def agent_conf(settings: Settings) -> str:
@@ -242,4 +244,4 @@ def agent_conf(settings: Settings) -> str:
         "tls_accept_invalid_certs": False,
         "tls_accept_invalid_hostnames": False,
     }
-    return "[agent]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in options.items())
+    return render_toml({"agent": options})

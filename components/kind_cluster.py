@@ -6,9 +6,9 @@ import dataclasses
 
 import pulumi
 import pulumi_command as command
-import pulumi_docker as docker
 import pulumi_kubernetes as k8s
 
+from components.images import BuiltImage
 from components.kind import kind_config
 from components.providers import cluster_provider
 
@@ -18,8 +18,8 @@ KIND_SCRIPT = "components/scripts/kind-cluster.sh"
 @dataclasses.dataclass
 class KindClusterArgs:
     cluster_name: str
-    images: dict[str, docker.Image]
-    """Image tag -> the build that produces it; each is loaded into the cluster's node."""
+    images: list[BuiltImage]
+    """Each is loaded into the cluster's node once built."""
     host_ports: tuple[int, ...] = ()
 
 
@@ -55,7 +55,7 @@ class KindCluster(pulumi.ComponentResource):
         )
         self.kubeconfig = pulumi.Output.secret(kubeconfig.stdout)
         self.provider = cluster_provider(f"{name}-k8s", self.kubeconfig, self.cluster.id, child)
-        tags = sorted(args.images)
+        tags = sorted(image.ref for image in args.images)
         self.images_loaded = command.local.Command(
             f"{name}-images",
             create=f"{KIND_SCRIPT} load",
@@ -63,7 +63,7 @@ class KindCluster(pulumi.ComponentResource):
             # Tags carry the build's content hash: a new image means a new load, nothing else does.
             triggers=tags,
             opts=pulumi.ResourceOptions.merge(
-                child, pulumi.ResourceOptions(depends_on=[self.cluster, *(args.images[tag] for tag in tags)])
+                child, pulumi.ResourceOptions(depends_on=[self.cluster, *(image.build for image in args.images)])
             ),
         )
         self.register_outputs({"cluster_name": args.cluster_name})

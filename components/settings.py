@@ -1,4 +1,9 @@
-"""The config contract: every `keylime-push:*` key is read and validated here, and nowhere else.
+"""The config contract: every `keylime-push:*` key is defined here once, and read nowhere else.
+
+Each key is one field of `Settings`: its type, its parser (which says what is wrong with a value),
+the text every refusal quotes as allowed, its Pulumi type, its default and its one-line description.
+Pulumi.yaml's config block, the README's table (tools/config_docs.py) and the offline render's stack
+config (tools/offline.py) are projections of these fields.
 
 `parse_settings` is pure (raw strings in, one typed `Settings` out) so tests and the offline render
 use it without Pulumi; `load_settings` only feeds it from `pulumi.Config`. Every problem found is
@@ -13,7 +18,11 @@ import json
 import os
 import re
 import uuid as uuid_module
-from typing import Callable, Literal, Mapping, TypeVar
+from typing import Annotated, Any, Callable, Iterator, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError, PydanticUndefined, core_schema
 
 NAMESPACE = "keylime-push"
 
@@ -21,133 +30,25 @@ TpmMode = Literal["swtpm", "hwtpm"]
 ImageSource = Literal["upstream", "local"]
 TPM_MODES: tuple[TpmMode, ...] = ("swtpm", "hwtpm")
 IMAGE_SOURCES: tuple[ImageSource, ...] = ("upstream", "local")
+PulumiType = Literal["string", "integer", "boolean", "array"]
 
 ZERO_DIGEST = "0" * 64
 # keylime's readPolicy refuses these: PCR 10 carries the IMA log and PCR 16 is the debug PCR.
 FORBIDDEN_PCRS = {10: "IMA", 16: "debug"}
 MAX_AGENT_CLUSTERS = 64
 NODE_PORT_RANGE = range(30000, 32768)
-
-# The defaults of the keys that have one; Pulumi.yaml declares the same values (a test keeps them equal).
-DEFAULTS: dict[str, object] = {
-    "agentClusters": 2,
-    "tpmPolicy": json.dumps({"8": ZERO_DIGEST}),
-    "agentUid": 490,
-    "agentGid": 490,
-    "uuid": "hash_ek",
-    "keylimeVersion": "7.14.3",
-    "agentVersion": "0.2.9",
-    "registrarNodePort": 30890,
-    "verifierNodePort": 30881,
-    "extraSans": [],
-    "imageSource": "upstream",
-    "vmNetworkCidr": "192.168.150.0/24",
-    # Ubuntu 24.04's GA cloud image, by its dated (immutable) release folder.
-    "vmImage": "https://cloud-images.ubuntu.com/releases/noble/release-20240423/ubuntu-24.04-server-cloudimg-amd64.img",
-    "vmCpus": 2,
-    "vmMemoryMiB": 4096,
-    "libvirtUri": "qemu:///system",
-}
+FIRST_NODE_PORT, LAST_NODE_PORT = NODE_PORT_RANGE.start, NODE_PORT_RANGE.stop - 1
 # Inside the VM, kubeadm's pod and service networks; the libvirt network must not overlap them.
 VM_POD_CIDR = "10.244.0.0/16"
 VM_SERVICE_CIDR = "10.96.0.0/12"
-KEYS = (
-    "tpmMode",
-    "requireEkCert",
-    *DEFAULTS,
-    "keylimeGit",
-    "rustKeylimeGit",
+POLICY_ALLOWED = (
+    'a JSON object mapping PCR index 0..23 (not 10, IMA; not 16, debug) to a sha256 digest '
+    '(64 hex) or a list of them, at least one PCR, e.g. {"8": "<64 zeros>"}'
 )
+VERSION_ALLOWED = "a non-empty version string (image tag characters)"
 
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """One stack's validated configuration. PCR digests are lower case; the policy is sorted by PCR."""
-
-    tpm_mode: TpmMode
-    agent_clusters: int
-    tpm_policy: tuple[tuple[int, tuple[str, ...]], ...]
-    agent_uid: int
-    agent_gid: int
-    uuid: str
-    require_ek_cert: bool
-    keylime_version: str
-    agent_version: str
-    registrar_node_port: int
-    verifier_node_port: int
-    extra_sans: tuple[str, ...]
-    image_source: ImageSource
-    keylime_git: str | None
-    rust_keylime_git: str | None
-    vm_network_cidr: str
-    vm_image: str
-    vm_cpus: int
-    vm_memory_mib: int
-    libvirt_uri: str
-
-    @property
-    def registrar_tls_node_port(self) -> int:
-        """The registrar's TLS port is published on the NodePort right after its HTTP one."""
-        return self.registrar_node_port + 1
-
-    @property
-    def tpm_policy_json(self) -> str:
-        """The policy as `keylime_tenant --tpm_policy` takes it: one digest as a string, several as a list."""
-        return json.dumps(
-            {str(pcr): digests[0] if len(digests) == 1 else list(digests) for pcr, digests in self.tpm_policy},
-            separators=(",", ":"),
-        )
-
-
-class SettingsError(ValueError):
-    """Raised with every configuration problem at once."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__(
-            f"invalid {NAMESPACE} configuration ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n"
-            + "\n".join(f"  - {p}" for p in problems)
-        )
-
-
-T = TypeVar("T")
-
-
-class _Reader:
-    """Parses one raw value per key and collects problems instead of stopping at the first."""
-
-    def __init__(self, raw: Mapping[str, str]):
-        self.raw = raw
-        self.problems: list[str] = []
-
-    def value(self, key: str) -> str | None:
-        value = self.raw.get(key)
-        if value is None and key in DEFAULTS:
-            default = DEFAULTS[key]
-            return default if isinstance(default, str) else json.dumps(default)
-        return value
-
-    def problem(self, key: str, got: object, allowed: str) -> None:
-        self.problems.append(f"{NAMESPACE}:{key}: got {got!r}; allowed: {allowed}")
-
-    def parse(
-        self, key: str, allowed: str, parser: Callable[[str], T], fallback: T, default: str | None = None
-    ) -> T:
-        raw = self.value(key)
-        if raw is None:
-            raw = default
-        if raw is None:
-            self.problems.append(f"{NAMESPACE}:{key}: not set; allowed: {allowed}")
-            return fallback
-        try:
-            return parser(raw)
-        except (ValueError, TypeError) as error:
-            detail = f" ({error})" if str(error) else ""
-            self.problem(key, raw, allowed + detail)
-            return fallback
 
 
 def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -276,91 +177,250 @@ def _clone(key: str) -> Callable[[str], str]:
     return parse
 
 
-def parse_settings(raw: Mapping[str, str]) -> Settings:
-    """Validate raw config values (strings, as Pulumi stores them, keyed without namespace)."""
-    read = _Reader(raw)
-    tpm_mode = read.parse("tpmMode", " | ".join(TPM_MODES), _choice(TPM_MODES), "swtpm")
-    agent_clusters = read.parse(
-        "agentClusters", f"an integer 1..{MAX_AGENT_CLUSTERS}", _integer(1, MAX_AGENT_CLUSTERS), 1
+
+
+def config_text(value: object) -> str:
+    """A config value as the Pulumi engine hands it to the program: a string, structured values as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """How one key's raw config string becomes its setting, and what a refusal of it says is allowed."""
+
+    allowed: str
+    parse: Callable[[str], Any]
+    pulumi_type: PulumiType = "string"
+    only_when: tuple[str, str] | None = None
+    """(setting, value): the key is read, and required, only then; otherwise its setting is None."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(self._parse, handler(source))
+
+    def _parse(self, raw: object) -> Any:
+        try:
+            return self.parse(config_text(raw))
+        except (ValueError, TypeError) as error:
+            raise PydanticCustomError("keylime_push_config", "{detail}", {"detail": str(error)}) from None
+
+
+def _integer_key(low: int, high: int | None, allowed: str) -> Key:
+    return Key(allowed, _integer(low, high), "integer")
+
+
+class Settings(BaseModel):
+    """One stack's validated configuration. PCR digests are lower case; the policy is sorted by PCR.
+
+    Fields are in the order their problems are reported; defaults are written as Pulumi.yaml declares them.
+    """
+
+    model_config = ConfigDict(frozen=True, validate_default=True)
+
+    tpm_mode: Annotated[TpmMode, Key(" | ".join(TPM_MODES), _choice(TPM_MODES))] = Field(
+        alias="tpmMode",
+        description="swtpm (agents in Kind clusters beside a software TPM) | hwtpm (agents in a QEMU/libvirt VM "
+        "with a vTPM). Set by each stack file.",
     )
-    policy_allowed = (
-        'a JSON object mapping PCR index 0..23 (not 10, IMA; not 16, debug) to a sha256 digest '
-        '(64 hex) or a list of them, at least one PCR, e.g. {"8": "<64 zeros>"}'
+    agent_clusters: Annotated[
+        int, _integer_key(1, MAX_AGENT_CLUSTERS, f"an integer 1..{MAX_AGENT_CLUSTERS}")
+    ] = Field(2, alias="agentClusters", description="Number of agent Kind clusters, one agent each: 1..64 (hwtpm: 1, the VM).")
+    tpm_policy: Annotated[tuple[tuple[int, tuple[str, ...]], ...], Key(POLICY_ALLOWED, _tpm_policy)] = Field(
+        json.dumps({"8": ZERO_DIGEST}),
+        alias="tpmPolicy",
+        description="JSON object: PCR index 0..23 (not 10, IMA; not 16, debug) -> sha256 digest (64 hex) or a list "
+        "of them; at least one PCR; digests are lower-cased.",
     )
-    tpm_policy = read.parse("tpmPolicy", policy_allowed, _tpm_policy, ())
-    agent_uid = read.parse("agentUid", "an integer >= 1 (0 is root, which the agent must not be)", _integer(1), 1)
-    agent_gid = read.parse("agentGid", "an integer >= 1 (0 is root's group, which the agent must not use)", _integer(1), 1)
-    agent_uuid = read.parse("uuid", "hash_ek | generate | a literal UUID", _uuid, "hash_ek")
-    require_ek_cert = read.parse(
-        "requireEkCert", "true | false", _boolean, False, default="false" if tpm_mode == "swtpm" else "true"
+    agent_uid: Annotated[
+        int, _integer_key(1, None, "an integer >= 1 (0 is root, which the agent must not be)")
+    ] = Field(490, alias="agentUid", description="UID the agent and the server pods run as (>= 1; matches the image user).")
+    agent_gid: Annotated[
+        int, _integer_key(1, None, "an integer >= 1 (0 is root's group, which the agent must not use)")
+    ] = Field(490, alias="agentGid", description="GID the agent and the server pods run as (>= 1).")
+    uuid: Annotated[str, Key("hash_ek | generate | a literal UUID", _uuid)] = Field(
+        "hash_ek",
+        alias="uuid",
+        description="Agent identity: hash_ek (SHA-256 of the EK, stable across restarts) | generate | a literal UUID "
+        "(agentClusters=1 only).",
     )
-    keylime_version = read.parse("keylimeVersion", "a non-empty version string (image tag characters)", _version, "")
-    agent_version = read.parse("agentVersion", "a non-empty version string (image tag characters)", _version, "")
-    first_port, last_port = NODE_PORT_RANGE.start, NODE_PORT_RANGE.stop - 1
-    registrar_port = read.parse(
-        "registrarNodePort",
-        f"an integer {first_port}..{last_port - 1} (its TLS NodePort is the next port)",
-        _integer(first_port, last_port - 1),
-        0,
+    require_ek_cert: Annotated[bool, Key("true | false", _boolean, "boolean")] = Field(
+        # Production (hwtpm) requires EK certificates; swtpm's are signed by a CA made inside the pod.
+        default_factory=lambda settings: settings.get("tpm_mode") == "hwtpm",
+        alias="requireEkCert",
+        description="Tenant refuses agents whose EK certificate it cannot verify. Stack files set it: false for "
+        "swtpm, true for hwtpm.",
     )
-    verifier_port = read.parse(
-        "verifierNodePort", f"an integer {first_port}..{last_port}", _integer(first_port, last_port), 0
+    keylime_version: Annotated[str, Key(VERSION_ALLOWED, _version)] = Field(
+        "7.14.3", alias="keylimeVersion", description="Keylime server release (image tag v<version>)."
     )
-    extra_sans = read.parse("extraSans", "a list of IP addresses or DNS names", _sans, ())
-    image_source = read.parse("imageSource", " | ".join(IMAGE_SOURCES), _choice(IMAGE_SOURCES), "upstream")
-    vm_network = read.parse("vmNetworkCidr", "a private IPv4 network in CIDR form, /28 or larger", _vm_network, "")
-    vm_image = read.parse("vmImage", "an http(s) URL or an absolute path of a qcow2 cloud image", _vm_image, "")
-    vm_cpus = read.parse("vmCpus", "an integer 1..32", _integer(1, 32), 1)
-    vm_memory = read.parse("vmMemoryMiB", "an integer 2048..131072 (kubeadm needs about 2 GiB)", _integer(2048, 131072), 0)
-    libvirt_uri = read.parse("libvirtUri", "a QEMU libvirt URI, e.g. qemu:///system or qemu+ssh://host/system", _libvirt_uri, "")
-    keylime_git = rust_keylime_git = None
-    if image_source == "local":
-        keylime_git = read.parse(
-            "keylimeGit", "the path of a keylime clone (required when imageSource=local)", _clone("keylimeGit"), None
-        )
-        rust_keylime_git = read.parse(
-            "rustKeylimeGit",
+    agent_version: Annotated[str, Key(VERSION_ALLOWED, _version)] = Field(
+        "0.2.9",
+        alias="agentVersion",
+        description="rust-keylime release whose keylime_push_model_agent runs in the agents (image tag v<version>).",
+    )
+    registrar_node_port: Annotated[
+        int,
+        _integer_key(
+            FIRST_NODE_PORT,
+            LAST_NODE_PORT - 1,
+            f"an integer {FIRST_NODE_PORT}..{LAST_NODE_PORT - 1} (its TLS NodePort is the next port)",
+        ),
+    ] = Field(
+        30890,
+        alias="registrarNodePort",
+        description="Registrar HTTP NodePort agents register on, 30000..32766; its TLS port is published on the next port.",
+    )
+    verifier_node_port: Annotated[
+        int, _integer_key(FIRST_NODE_PORT, LAST_NODE_PORT, f"an integer {FIRST_NODE_PORT}..{LAST_NODE_PORT}")
+    ] = Field(
+        30881,
+        alias="verifierNodePort",
+        description="Verifier HTTPS NodePort agents attest to, 30000..32767, distinct from the registrar's two.",
+    )
+    extra_sans: Annotated[tuple[str, ...], Key("a list of IP addresses or DNS names", _sans, "array")] = Field(
+        [],
+        alias="extraSans",
+        description="Extra IP addresses or DNS names added to the server certificates (and dialable by clients).",
+    )
+    image_source: Annotated[ImageSource, Key(" | ".join(IMAGE_SOURCES), _choice(IMAGE_SOURCES))] = Field(
+        "upstream",
+        alias="imageSource",
+        description="upstream (thin images FROM the pinned quay.io/keylime releases) | local (built from keylimeGit "
+        "and rustKeylimeGit).",
+    )
+    vm_network_cidr: Annotated[str, Key("a private IPv4 network in CIDR form, /28 or larger", _vm_network)] = Field(
+        "192.168.150.0/24",
+        alias="vmNetworkCidr",
+        description="hwtpm: the libvirt NAT network (/28 or larger, not overlapping 10.244.0.0/16 or 10.96.0.0/12); "
+        "its first address is the host the VM's agent dials; the VM is the 10th.",
+    )
+    vm_image: Annotated[str, Key("an http(s) URL or an absolute path of a qcow2 cloud image", _vm_image)] = Field(
+        # Ubuntu 24.04's GA cloud image, by its dated (immutable) release folder.
+        "https://cloud-images.ubuntu.com/releases/noble/release-20240423/ubuntu-24.04-server-cloudimg-amd64.img",
+        alias="vmImage",
+        description="hwtpm: the VM's cloud image, an http(s) URL or an absolute path (qcow2; Ubuntu 24.04 expected "
+        "by the cloud-init).",
+    )
+    vm_cpus: Annotated[int, _integer_key(1, 32, "an integer 1..32")] = Field(
+        2, alias="vmCpus", description="hwtpm: vCPUs of the VM, 1..32."
+    )
+    vm_memory_mib: Annotated[
+        int, _integer_key(2048, 131072, "an integer 2048..131072 (kubeadm needs about 2 GiB)")
+    ] = Field(4096, alias="vmMemoryMiB", description="hwtpm: memory of the VM in MiB, 2048..131072.")
+    libvirt_uri: Annotated[
+        str, Key("a QEMU libvirt URI, e.g. qemu:///system or qemu+ssh://host/system", _libvirt_uri)
+    ] = Field("qemu:///system", alias="libvirtUri", description="hwtpm: the libvirt connection, e.g. qemu:///system.")
+    keylime_git: Annotated[
+        str | None,
+        Key(
+            "the path of a keylime clone (required when imageSource=local)",
+            _clone("keylimeGit"),
+            only_when=("image_source", "local"),
+        ),
+    ] = Field(None, alias="keylimeGit", description="Path of a keylime clone; required when imageSource=local.")
+    rust_keylime_git: Annotated[
+        str | None,
+        Key(
             "the path of a rust-keylime clone (required when imageSource=local)",
             _clone("rustKeylimeGit"),
-            None,
+            only_when=("image_source", "local"),
+        ),
+    ] = Field(None, alias="rustKeylimeGit", description="Path of a rust-keylime clone; required when imageSource=local.")
+
+    @property
+    def registrar_tls_node_port(self) -> int:
+        """The registrar's TLS port is published on the NodePort right after its HTTP one."""
+        return self.registrar_node_port + 1
+
+    @property
+    def tpm_policy_json(self) -> str:
+        """The policy as `keylime_tenant --tpm_policy` takes it: one digest as a string, several as a list."""
+        return json.dumps(
+            {str(pcr): digests[0] if len(digests) == 1 else list(digests) for pcr, digests in self.tpm_policy},
+            separators=(",", ":"),
         )
 
+
+FIELDS: dict[str, FieldInfo] = Settings.model_fields
+
+
+def key_of(field: FieldInfo) -> Key:
+    return next(item for item in field.metadata if isinstance(item, Key))
+
+
+KEYS = tuple(field.alias for field in FIELDS.values())
+# The keys with a default of their own (the others are set by the stack files, or only apply under a condition).
+DEFAULTS: dict[str, object] = {
+    field.alias: field.default for field in FIELDS.values() if field.default not in (None, PydanticUndefined)
+}
+# What Pulumi.yaml declares: Pulumi config has no null, so a key that only applies under a condition is "".
+DECLARED_DEFAULTS: dict[str, object] = {
+    field.alias: DEFAULTS.get(field.alias, "") for field in FIELDS.values() if field.alias in DEFAULTS or key_of(field).only_when
+}
+# Each setting validated on its own, through the field's own definition: a bad value must not hide another problem.
+_VALIDATORS = {name: TypeAdapter(Annotated[field.annotation, *field.metadata]) for name, field in FIELDS.items()}
+
+
+class SettingsError(ValueError):
+    """Raised with every configuration problem at once."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            f"invalid {NAMESPACE} configuration ({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def _refusal(key: str, got: object, allowed: str) -> str:
+    return f"{NAMESPACE}:{key}: got {got!r}; allowed: {allowed}"
+
+
+def _cross_key_problems(settings: Mapping[str, Any]) -> Iterator[str]:
+    """Rules between keys, each checked only when the settings it compares are valid on their own."""
+    registrar_port, verifier_port = settings.get("registrar_node_port"), settings.get("verifier_node_port")
     if registrar_port and verifier_port and verifier_port in (registrar_port, registrar_port + 1):
-        read.problems.append(
+        yield (
             f"{NAMESPACE}:verifierNodePort: {verifier_port} clashes with registrarNodePort {registrar_port} "
             f"(the registrar also publishes TLS on {registrar_port + 1}); allowed: distinct NodePorts"
         )
-    if tpm_mode == "hwtpm" and agent_clusters != 1:
-        read.problem("agentClusters", agent_clusters, "1 when tpmMode=hwtpm (the agents run in one VM)")
+    agent_clusters = settings.get("agent_clusters", 1)
+    if settings.get("tpm_mode") == "hwtpm" and agent_clusters != 1:
+        yield _refusal("agentClusters", agent_clusters, "1 when tpmMode=hwtpm (the agents run in one VM)")
+    agent_uuid = settings.get("uuid", "hash_ek")
     if agent_uuid not in ("hash_ek", "generate") and agent_clusters > 1:
-        read.problems.append(
+        yield (
             f"{NAMESPACE}:uuid: the literal UUID {agent_uuid} would be shared by {agent_clusters} agents; "
             "allowed: hash_ek | generate, or a literal UUID with agentClusters=1"
         )
-    if read.problems:
-        raise SettingsError(read.problems)
-    return Settings(
-        tpm_mode=tpm_mode,
-        agent_clusters=agent_clusters,
-        tpm_policy=tpm_policy,
-        agent_uid=agent_uid,
-        agent_gid=agent_gid,
-        uuid=agent_uuid,
-        require_ek_cert=require_ek_cert,
-        keylime_version=keylime_version,
-        agent_version=agent_version,
-        registrar_node_port=registrar_port,
-        verifier_node_port=verifier_port,
-        extra_sans=extra_sans,
-        image_source=image_source,
-        keylime_git=keylime_git,
-        rust_keylime_git=rust_keylime_git,
-        vm_network_cidr=vm_network,
-        vm_image=vm_image,
-        vm_cpus=vm_cpus,
-        vm_memory_mib=vm_memory,
-        libvirt_uri=libvirt_uri,
-    )
+
+
+def parse_settings(raw: Mapping[str, str | None]) -> Settings:
+    """Validate raw config values (strings, as Pulumi stores them, keyed without namespace)."""
+    settings: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, field in FIELDS.items():
+        key = key_of(field)
+        if key.only_when is not None and settings.get(key.only_when[0]) != key.only_when[1]:
+            settings[name] = None
+            continue
+        text = raw.get(field.alias)
+        if text is None:
+            if field.default_factory is not None:
+                settings[name] = field.get_default(call_default_factory=True, validated_data=settings)
+                continue
+            if field.default is None or field.default is PydanticUndefined:
+                problems.append(f"{NAMESPACE}:{field.alias}: not set; allowed: {key.allowed}")
+                continue
+            text = config_text(field.default)
+        try:
+            settings[name] = _VALIDATORS[name].validate_python(text)
+        except ValidationError as error:
+            detail = error.errors()[0]["ctx"]["detail"]
+            problems.append(_refusal(field.alias, text, key.allowed + (f" ({detail})" if detail else "")))
+    problems.extend(_cross_key_problems(settings))
+    if problems:
+        raise SettingsError(problems)
+    return Settings.model_construct(**settings)
 
 
 def load_settings() -> Settings:

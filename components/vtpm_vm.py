@@ -13,11 +13,9 @@ import pulumi_libvirt as libvirt
 import pulumi_tls as tls
 
 from components import cloud_init
-from components.agent_workload import TPM_DEVICE, declare_agent_workload
-from components.images import KeylimeImages
+from components.agent_workload import TPM_DEVICE, AgentPodArgs, declare_agent_workload
 from components.providers import cluster_provider
 from components.pod_security import checkov_waivers, resources
-from components.settings import Settings
 
 VM_NAME = "keylime-vtpm"
 STORAGE_POOL = "default"
@@ -34,15 +32,20 @@ PRIVILEGED = (
 
 @dataclasses.dataclass
 class VtpmVmArgs:
-    settings: Settings
-    ca_cert_pem: pulumi.Input[str]
-    images: KeylimeImages
+    agent: AgentPodArgs
+    libvirt_uri: str
+    network_cidr: str
+    """The libvirt NAT network: the host is its first address (the agent dials it), the VM its tenth."""
+    base_image: str
+    """The cloud image (qcow2) the root disk grows from: an http(s) URL or an absolute path."""
+    cpus: int
+    memory_mib: int
 
 
 class VtpmVm(pulumi.ComponentResource):
-    """An agent host, like AgentCluster: `host_name`, `identity` (replaced VM, new agent) and `daemon_set`."""
+    """An `AgentHost`: one VM with an emulated TPM, a one-node kubeadm cluster running one agent."""
 
-    host_name = VM_NAME
+    host_name: str = VM_NAME
     identity: pulumi.Output[str]
     domain: libvirt.Domain
     provider: k8s.Provider
@@ -50,11 +53,10 @@ class VtpmVm(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: VtpmVmArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:vm:VtpmVm", name, None, opts)
-        settings = args.settings
         child = pulumi.ResourceOptions(parent=self)
-        libvirt_provider = libvirt.Provider(f"{name}-libvirt", uri=settings.libvirt_uri, opts=child)
+        libvirt_provider = libvirt.Provider(f"{name}-libvirt", uri=args.libvirt_uri, opts=child)
         on_libvirt = pulumi.ResourceOptions(parent=self, provider=libvirt_provider)
-        address = cloud_init.vm_address(settings)
+        address = cloud_init.vm_address(args.network_cidr)
 
         # Our own keys: the host logs in with one and pins the VM's host key from the other.
         login_key = tls.PrivateKey(f"{name}-ssh-key", algorithm="ED25519", opts=child)
@@ -66,7 +68,7 @@ class VtpmVm(pulumi.ComponentResource):
             f"{name}-network",
             name=VM_NAME,
             mode="nat",
-            addresses=[settings.vm_network_cidr],
+            addresses=[args.network_cidr],
             # The VM has a static address (cloud-init); libvirt still serves DNS on the host address.
             dhcp=libvirt.NetworkDhcpArgs(enabled=False),
             dns=libvirt.NetworkDnsArgs(enabled=True),
@@ -74,7 +76,7 @@ class VtpmVm(pulumi.ComponentResource):
             opts=on_libvirt,
         )
         base = libvirt.Volume(f"{name}-base", name=f"{VM_NAME}-base.qcow2", pool=STORAGE_POOL,
-                              source=settings.vm_image, format="qcow2", opts=on_libvirt)
+                              source=args.base_image, format="qcow2", opts=on_libvirt)
         root = libvirt.Volume(f"{name}-root", name=f"{VM_NAME}-root.qcow2", pool=STORAGE_POOL,
                               base_volume_id=base.id, size=ROOT_DISK_BYTES, format="qcow2", opts=on_libvirt)
         seed = libvirt.CloudInitDisk(
@@ -83,16 +85,16 @@ class VtpmVm(pulumi.ComponentResource):
             pool=STORAGE_POOL,
             user_data=pulumi.Output.all(
                 login_key.public_key_openssh, host_private_key, host_key.public_key_openssh
-            ).apply(lambda keys: cloud_init.user_data(settings, *keys)),
-            network_config=cloud_init.network_config(settings),
+            ).apply(lambda keys: cloud_init.user_data(args.network_cidr, *keys)),
+            network_config=cloud_init.network_config(args.network_cidr),
             opts=on_libvirt,
         )
         self.domain = libvirt.Domain(
             f"{name}-domain",
             name=VM_NAME,
             machine="q35",
-            vcpu=settings.vm_cpus,
-            memory=settings.vm_memory_mib,
+            vcpu=args.cpus,
+            memory=args.memory_mib,
             cpu=libvirt.DomainCpuArgs(mode="host-passthrough"),
             disks=[libvirt.DomainDiskArgs(volume_id=root.id)],
             cloudinit=seed.id,
@@ -129,7 +131,7 @@ class VtpmVm(pulumi.ComponentResource):
             logging=command.remote.Logging.NONE,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[ready], additional_secret_outputs=["stdout"]),
         )
-        agent_image = args.images.refs["agent"]
+        agent_image = args.agent.image.ref
         images_loaded = command.local.Command(
             f"{name}-images",
             create=f"{LOAD_SCRIPT}",
@@ -142,7 +144,7 @@ class VtpmVm(pulumi.ComponentResource):
             },
             # Tags carry the build's content hash; a new VM needs the images again as well.
             triggers=[agent_image, self.domain.id],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[ready, args.images.built["agent"]]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[ready, args.agent.image.build]),
         )
         self.provider = cluster_provider(f"{name}-k8s", kubeconfig.stdout, self.domain.id, child)
         objects = pulumi.ResourceOptions(
@@ -151,9 +153,7 @@ class VtpmVm(pulumi.ComponentResource):
         device_plugin = self._device_plugin(name, objects)
         self.daemon_set = declare_agent_workload(
             name,
-            settings,
-            agent_image,
-            args.ca_cert_pem,
+            args.agent,
             "device",
             pulumi.ResourceOptions.merge(objects, pulumi.ResourceOptions(depends_on=[device_plugin])),
         )

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import tomllib
 
+import pulumi
+import pulumi_command as command
+import pulumi_docker as docker
 import pytest
-from conftest import ROOT, all_containers, env_of, kube_objects, pod_spec, settings_for
+from helpers import ROOT, all_containers, env_of, kube_objects, pod_spec, settings_for
 
 from components import keylime_conf
-from tools.offline import fake_pem
+from components.agent_cluster import AgentCluster, AgentClusterArgs
+from components.agent_workload import AgentHost, AgentPodArgs
+from components.images import BuiltImage
+from components.vtpm_vm import VtpmVm
+from tools.offline import ProgramRun, fake_pem, run_declarations
 
 
 def agent_daemon_sets(run):
@@ -96,3 +104,57 @@ def test_agent_pods_take_no_service_links_and_no_api_token(swtpm):
         spec = pod_spec(daemon_set)
         assert spec["enableServiceLinks"] is False
         assert spec["automountServiceAccountToken"] is False
+
+
+# --- AgentCluster alone, from its Args -------------------------------------------------------------
+
+ALONE_AGENT_CONF = '[agent]\nuuid = "alone"\n'
+
+
+@pytest.fixture(scope="module")
+def agent_cluster_alone() -> tuple[ProgramRun, dict[str, object]]:
+    """Only an AgentCluster (the third), its image build a stand-in; also what it shows as an AgentHost."""
+    shown: dict[str, object] = {}
+
+    def declare() -> None:
+        command_provider, docker_provider = command.Provider("command"), docker.Provider("docker")
+        build = docker.Image("agent-build", image_name="example/agent:1", skip_push=True,
+                             opts=pulumi.ResourceOptions(provider=docker_provider))
+        pod = AgentPodArgs(image=BuiltImage("example/agent:1", build), agent_conf=ALONE_AGENT_CONF, uid=1234, gid=2345,
+                           ca_cert_pem="CA")
+        host: AgentHost = AgentCluster("alone", AgentClusterArgs(index=3, agent=pod),
+                                       pulumi.ResourceOptions(providers=[command_provider, docker_provider]))
+        shown["host_name"] = host.host_name
+        host.identity.apply(lambda identity: shown.setdefault("identity", identity))
+        host.daemon_set.urn.apply(lambda urn: shown.setdefault("daemon_set", urn))
+
+    return run_declarations(declare), shown
+
+
+def test_alone_the_cluster_is_named_by_its_index_and_runs_the_agent_from_its_args(agent_cluster_alone):
+    program, _ = agent_cluster_alone
+    assert program.named("alone-cluster").plain["environment"]["CLUSTER_NAME"] == "keylime-agents-3"
+    (config,) = kube_objects(program, "ConfigMap", "alone")
+    assert config.plain["data"]["agent.conf"] == ALONE_AGENT_CONF
+    (secret,) = kube_objects(program, "Secret", "alone")
+    assert secret.plain["stringData"] == {keylime_conf.CA_CERT: "CA"}
+    (daemon_set,) = kube_objects(program, "DaemonSet", "alone")
+    for container in all_containers(daemon_set):
+        assert container["image"] == "example/agent:1"
+        assert (container["securityContext"]["runAsUser"], container["securityContext"]["runAsGroup"]) == (1234, 2345)
+    load = program.named("alone-images")
+    assert program.named("agent-build").urn in load.dependencies and load.urn in daemon_set.dependencies
+
+
+def test_alone_the_agent_host_is_the_cluster_its_identity_and_its_daemon_set(agent_cluster_alone):
+    program, shown = agent_cluster_alone
+    (daemon_set,) = kube_objects(program, "DaemonSet", "alone")
+    assert shown == {"host_name": "keylime-agents-3", "identity": "alone-cluster-id", "daemon_set": daemon_set.urn}
+
+
+@pytest.mark.parametrize("host", [AgentCluster, VtpmVm])
+def test_every_agent_host_declares_the_agent_host_members_with_their_types(host):
+    wanted = inspect.get_annotations(AgentHost, eval_str=True)
+    assert set(wanted) == {"host_name", "identity", "daemon_set"}
+    hints = inspect.get_annotations(host, eval_str=True)
+    assert {name: hints.get(name) for name in wanted} == wanted

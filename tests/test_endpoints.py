@@ -7,7 +7,7 @@ import tomllib
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import settings_for
+from helpers import settings_for
 
 from components import keylime_conf
 from components.endpoints import INFRA_NODE, dial, dials, server_sans, vm_host_address

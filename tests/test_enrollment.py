@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import settings_for
+from helpers import settings_for
 
 from tools.offline import is_secret
 

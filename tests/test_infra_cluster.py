@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import configparser
 
+import pulumi
+import pulumi_command as command
+import pulumi_docker as docker
 import pytest
-from conftest import all_containers, env_of, kube_objects, pod_spec
+import yaml
+from helpers import all_containers, env_of, kube_objects, pod_spec
 
 from components import keylime_conf
+from components.images import SERVER_COMPONENTS, BuiltImage
+from components.infra_cluster import InfraCluster, InfraClusterArgs
+from components.pki import IssuedCertificate
+from tools.offline import ProgramRun, is_secret, run_declarations
 
 
-def deployment(run, component: str):
-    (found,) = [d for d in kube_objects(run, "Deployment", "infra") if d.plain["metadata"]["name"] == f"keylime-{component}"]
+def deployment(run, component: str, cluster: str = "infra"):
+    (found,) = [d for d in kube_objects(run, "Deployment", cluster) if d.plain["metadata"]["name"] == f"keylime-{component}"]
     return found
 
 
@@ -52,8 +60,6 @@ def test_node_ports_follow_the_config_and_publish_the_registrar_tls_port(run):
 
 
 def test_private_keys_live_only_in_secrets_as_pulumi_secrets(swtpm):
-    from tools.offline import is_secret
-
     for config_map in kube_objects(swtpm, "ConfigMap"):
         assert "PRIVATE KEY" not in str(config_map.plain)
     secrets = {s.plain["metadata"]["name"]: s for s in kube_objects(swtpm, "Secret", "infra")}
@@ -91,3 +97,85 @@ def test_only_the_server_ports_accept_connections(swtpm):
     assert specs["keylime-default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
     ports = {name: [p["port"] for rule in spec.get("ingress", []) for p in rule["ports"]] for name, spec in specs.items()}
     assert ports == {"keylime-default-deny-ingress": [], "keylime-registrar-ingress": [8890, 8891], "keylime-verifier-ingress": [8881]}
+
+
+# --- InfraCluster alone, from its Args -------------------------------------------------------------
+
+def certificate(role: str) -> IssuedCertificate:
+    return IssuedCertificate(
+        cert_pem=pulumi.Output.from_input(f"CERT {role}"), private_key_pem=pulumi.Output.secret(f"KEY {role}")
+    )
+
+
+@pytest.fixture(scope="module")
+def infra_alone() -> ProgramRun:
+    """Only an InfraCluster; the image builds it loads are stand-ins, its certificates plain values."""
+
+    def declare() -> None:
+        command_provider, docker_provider = command.Provider("command"), docker.Provider("docker")
+        builds = {
+            component: BuiltImage(
+                f"example/{component}:1",
+                docker.Image(f"{component}-build", image_name=f"example/{component}:1", skip_push=True,
+                             opts=pulumi.ResourceOptions(provider=docker_provider)),
+            )
+            for component in SERVER_COMPONENTS
+        }
+        InfraCluster(
+            "alone",
+            InfraClusterArgs(
+                images=builds,
+                configs={component: f"[{component}]\nalone = yes\n" for component in SERVER_COMPONENTS},
+                ca_cert_pem="CA",
+                registrar_cert=certificate("registrar"),
+                verifier_cert=certificate("verifier"),
+                verifier_client_cert=certificate("verifier-client"),
+                tenant_cert=certificate("tenant"),
+                uid=1234,
+                gid=2345,
+                registrar_node_port=31100,
+                registrar_tls_node_port=31101,
+                verifier_node_port=31200,
+            ),
+            pulumi.ResourceOptions(providers=[command_provider, docker_provider]),
+        )
+
+    return run_declarations(declare)
+
+
+def test_alone_the_servers_get_exactly_the_certificates_and_configs_passed_in(infra_alone):
+    secrets = {s.plain["metadata"]["name"]: s for s in kube_objects(infra_alone, "Secret", "alone")}
+    assert secrets["keylime-verifier-tls"].plain["stringData"] == {
+        keylime_conf.CA_CERT: "CA",
+        keylime_conf.SERVER_CERT: "CERT verifier",
+        keylime_conf.SERVER_KEY: "KEY verifier",
+        keylime_conf.CLIENT_CERT: "CERT verifier-client",
+        keylime_conf.CLIENT_KEY: "KEY verifier-client",
+    }
+    assert secrets["keylime-tenant-tls"].plain["stringData"][keylime_conf.CLIENT_KEY] == "KEY tenant"
+    assert all(is_secret(secret.inputs["stringData"]) for secret in secrets.values())
+    (config,) = kube_objects(infra_alone, "ConfigMap", "alone")
+    assert config.plain["data"]["verifier.conf"] == "[verifier]\nalone = yes\n"
+
+
+def test_alone_the_servers_run_the_loaded_images_as_the_given_user_on_the_given_node_ports(infra_alone):
+    load = infra_alone.named("alone-images")
+    assert load.plain["environment"]["IMAGES"] == "example/registrar:1 example/tenant:1 example/verifier:1"
+    assert {infra_alone.named(f"{c}-build").urn for c in SERVER_COMPONENTS} <= set(load.dependencies)
+    for component in SERVER_COMPONENTS:
+        workload = deployment(infra_alone, component, "alone")
+        (container,) = pod_spec(workload)["containers"]
+        assert container["image"] == f"example/{component}:1"
+        assert (container["securityContext"]["runAsUser"], container["securityContext"]["runAsGroup"]) == (1234, 2345)
+        assert load.urn in workload.dependencies
+    services = {s.plain["metadata"]["name"]: s.plain["spec"] for s in kube_objects(infra_alone, "Service", "alone")}
+    assert sorted(p["nodePort"] for s in services.values() for p in s["ports"]) == [31100, 31101, 31200]
+    kind_config = yaml.safe_load(infra_alone.named("alone-cluster").plain["environment"]["KIND_CONFIG"])
+    assert sorted(m["hostPort"] for m in kind_config["nodes"][0]["extraPortMappings"]) == [31100, 31101, 31200]
+
+
+def test_alone_every_object_waits_for_the_namespace_except_the_namespace(infra_alone):
+    namespace = infra_alone.named("alone-namespace")
+    for resource in infra_alone.resources:
+        if resource.type.startswith("kubernetes:") and resource.custom and resource is not namespace:
+            assert namespace.urn in resource.dependencies, resource.name

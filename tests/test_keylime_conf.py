@@ -7,7 +7,7 @@ import json
 import tomllib
 
 import pytest
-from conftest import settings_for
+from helpers import settings_for
 
 from components import keylime_conf
 from components.endpoints import service_fqdn
@@ -75,3 +75,9 @@ def test_renderers_are_deterministic():
     settings = settings_for("swtpm")
     for render in (keylime_conf.registrar_conf, keylime_conf.verifier_conf, keylime_conf.tenant_conf, keylime_conf.agent_conf):
         assert render(settings) == render(settings_for("swtpm"))
+
+
+def test_toml_files_are_written_by_a_toml_writer_lists_and_quotes_included():
+    # A Python repr of these lists would not be TOML: True, and a string quoted with double quotes.
+    options = {"flags": [True, False], "names": ["it's", "ok"], "path": 'C:\\keylime "conf"', "on": True}
+    assert tomllib.loads(keylime_conf.render_toml({"agent": options})) == {"agent": options}

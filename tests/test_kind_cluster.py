@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import yaml
 
-from components.images import build_specs
-from conftest import settings_for
-
-
+from components.images import git_head
 def test_kind_configs_publish_the_node_ports_on_the_infra_node_only(swtpm):
     infra = yaml.safe_load(swtpm.named("infra-cluster").plain["environment"]["KIND_CONFIG"])
     assert infra["name"] == "keylime-infra"
@@ -39,18 +38,18 @@ def test_kubeconfigs_are_secret_and_never_logged(swtpm):
 def test_images_are_loaded_again_only_when_their_content_hash_changes(run):
     base, changed = run("swtpm"), run("swtpm", agentUid=1000)
     load, load_changed = base.named("agents-1-images").plain, changed.named("agents-1-images").plain
-    tag = build_specs(settings_for("swtpm"))["agent"][-1].tag
+    tag = base.named("images-agent").plain["imageName"]
     assert load["triggers"] == [tag] and load["environment"]["IMAGES"] == tag
     assert load_changed["triggers"] != load["triggers"]
     assert base.named("infra-images").plain["triggers"] == run("swtpm", agentClusters=5).named("infra-images").plain["triggers"]
 
 
 def test_workloads_use_the_loaded_tags_with_if_not_present(swtpm):
-    specs = build_specs(settings_for("swtpm"))
+    agent_tag = swtpm.named("images-agent").plain["imageName"]
     for resource in swtpm.resources:
         if resource.type == "kubernetes:apps/v1:DaemonSet":
             images = {c["image"] for c in resource.plain["spec"]["template"]["spec"]["containers"]}
-            assert images == {specs["agent"][-1].tag}
+            assert images == {agent_tag}
 
 
 def test_local_images_build_from_the_clones_then_add_the_thin_layer(run, tmp_path):
@@ -66,3 +65,24 @@ def test_local_images_build_from_the_clones_then_add_the_thin_layer(run, tmp_pat
     thin = program.named("images-agent")
     assert thin.plain["build"]["args"]["BASE_IMAGE"] == source["imageName"]
     assert program.named("images-agent-source").urn in thin.dependencies
+
+
+def git(*args: str, cwd) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_local_clone_is_identified_by_the_commit_git_resolves_even_in_a_worktree(tmp_path):
+    clone = tmp_path / "keylime"
+    clone.mkdir()
+    git("init", "--quiet", cwd=clone)
+    (clone / "README").write_text("first\n")
+    git("add", "README", cwd=clone)
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "--quiet", "-m", "first", cwd=clone)
+    git("worktree", "add", "--quiet", "-b", "other", str(tmp_path / "worktree"), cwd=clone)
+    (tmp_path / "worktree" / "README").write_text("second\n")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "--quiet", "-am", "second", cwd=tmp_path / "worktree")
+    git("pack-refs", "--all", cwd=clone)
+    assert (tmp_path / "worktree" / ".git").is_file()
+    assert git_head(str(clone)) == git("rev-parse", "HEAD", cwd=clone)
+    assert git_head(str(tmp_path / "worktree")) == git("rev-parse", "HEAD", cwd=tmp_path / "worktree") != git_head(str(clone))
+    assert git_head(str(tmp_path)) == "unknown-commit"

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from tools.offline import fake_pem
-from tools.offline import is_secret
+import pulumi
+import pulumi_tls as tls
+import pytest
+
+from components.endpoints import SubjectAltNames
+from components.pki import KeylimePki, KeylimePkiArgs
+from tools.offline import ProgramRun, fake_pem, is_secret, run_declarations
 
 PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
 SIGNED = "tls:index/locallySignedCert:LocallySignedCert"
@@ -58,3 +63,43 @@ def test_the_pki_needs_no_cluster_so_certificates_start_at_once(swtpm):
     for resource in swtpm.resources:
         if resource.urn in pki_urns:
             assert all(dep in pki_urns for dep in resource.dependencies), resource.name
+
+
+# --- KeylimePki alone, from its Args ---------------------------------------------------------------
+
+SANS = {
+    "registrar": SubjectAltNames(dns_names=("registrar.example",), ip_addresses=("10.0.0.1", "2001:db8::1")),
+    "verifier": SubjectAltNames(dns_names=("verifier.example", "verifier"), ip_addresses=()),
+}
+
+
+@pytest.fixture(scope="module")
+def pki_alone() -> ProgramRun:
+    """Only a KeylimePki, with SANs no stack would produce, under its own explicit tls provider."""
+
+    def declare() -> None:
+        provider = tls.Provider("tls")
+        KeylimePki("alone", KeylimePkiArgs(server_sans=SANS), pulumi.ResourceOptions(providers=[provider]))
+
+    return run_declarations(declare)
+
+
+def test_alone_each_server_request_carries_exactly_its_args_sans_and_clients_none(pki_alone):
+    requests = {r.name: r.plain for r in pki_alone.of_type("tls:index/certRequest:CertRequest")}
+    assert set(requests) == {"alone-registrar-csr", "alone-verifier-csr", "alone-tenant-csr", "alone-verifier-client-csr"}
+    assert (requests["alone-registrar-csr"]["dnsNames"], requests["alone-registrar-csr"]["ipAddresses"]) == (
+        ["registrar.example"], ["10.0.0.1", "2001:db8::1"])
+    assert (requests["alone-verifier-csr"]["dnsNames"], requests["alone-verifier-csr"]["ipAddresses"]) == (
+        ["verifier.example", "verifier"], [])
+    for client in ("tenant", "verifier-client"):
+        assert not requests[f"alone-{client}-csr"].get("dnsNames") and not requests[f"alone-{client}-csr"].get("ipAddresses")
+
+
+def test_alone_the_pki_declares_only_its_own_children_and_signs_with_its_own_ca(pki_alone):
+    (component,) = pki_alone.of_type("keylime:pki:KeylimePki")
+    tls_resources = [r for r in pki_alone.resources if r.type.startswith("tls:index/")]
+    assert len(tls_resources) == 1 + 5 + 4 + 4  # the CA, five keys, four requests, four certificates
+    assert {r.parent for r in tls_resources} == {component.urn}
+    for cert in pki_alone.of_type(SIGNED):
+        assert cert.plain["caCertPem"] == fake_pem("CERTIFICATE", "alone-ca")
+        assert is_secret(cert.inputs["caPrivateKeyPem"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 
 def stacks() -> set[str]:
@@ -25,13 +27,33 @@ def test_pull_requests_preview_every_stack_on_a_file_backend_and_comment():
     assert "PULUMI_ACCESS_TOKEN" not in str(workflow)
 
 
-def test_the_render_diff_script_compares_a_base_commit_with_the_working_tree(tmp_path):
-    base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    result = subprocess.run([str(ROOT / ".github" / "render-diff.sh"), base], cwd=ROOT, capture_output=True, text=True, check=False)
+def git(*args: str, cwd) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def test_the_render_diff_script_compares_a_base_commit_with_the_working_tree_in_a_throwaway_clone(tmp_path):
+    # Run it in a clone of this checkout (a worktree or not), so the developer's repository is not touched.
+    checkout = tmp_path / "checkout"
+    git("clone", "--quiet", "--shared", str(ROOT), str(checkout), cwd=tmp_path)
+    git("checkout", "--quiet", "--detach", git("rev-parse", "HEAD", cwd=ROOT).strip(), cwd=checkout)
+    (checkout / "venv").symlink_to(ROOT / "venv")
+    base = git("rev-parse", "HEAD", cwd=checkout).strip()
+    # The working tree differs from the base by one more agent cluster.
+    stack_file = checkout / "Pulumi.swtpm.yaml"
+    stack_file.write_text(stack_file.read_text() + "  keylime-push:agentClusters: 3\n")
+    # git as usual, but every command the script runs is logged.
+    bin_dir, log = tmp_path / "bin", tmp_path / "git.log"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {shutil.which("git")} "$@"\n')
+    (bin_dir / "git").chmod(0o755)
+    result = subprocess.run([str(ROOT / ".github" / "render-diff.sh"), base], cwd=checkout, capture_output=True,
+                            text=True, check=False, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("<details><summary>") == 2
-    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert len(worktrees.strip().splitlines()) == 1
+    swtpm, hwtpm = result.stdout.split("<details><summary>")[1:]
+    assert "+++ head/swtpm/manifests/agents-3-k8s/daemonset-keylime-keylime-agent.yaml" in swtpm
+    assert "agents-3" not in hwtpm
+    assert "clone" in log.read_text() and "worktree" not in log.read_text()
 
 
 def test_make_verbs_wrap_pulumi_and_the_scripts():

@@ -6,10 +6,11 @@ import json
 
 import pytest
 import yaml
-from conftest import ROOT, settings_for
+from helpers import ROOT, settings_for
 
 from components.settings import DEFAULTS, KEYS, NAMESPACE, ZERO_DIGEST, SettingsError, parse_settings
-from tools.offline import run_program
+from tools import config_docs
+from tools.offline import run_program, stack_config
 
 UPPER_DIGEST = "AB" * 32
 
@@ -163,12 +164,36 @@ def test_pulumi_yaml_declares_every_key_with_the_same_defaults():
     project_keys = {key for key in declared if ":" not in key}
     assert project_keys == set(KEYS)
     for key, default in DEFAULTS.items():
-        if key == "tpmPolicy":
-            assert json.loads(declared[key]["default"]) == json.loads(default)
-        else:
-            assert declared[key]["default"] == default, key
+        assert declared[key]["default"] == default, key
     # The stack files choose the mode; nothing else may be left without a default.
     assert {key for key in project_keys if "default" not in declared[key]} == {"tpmMode", "requireEkCert"}
+
+
+@pytest.mark.parametrize(("path", "generate"), [("Pulumi.yaml", config_docs.project_file), ("README.md", config_docs.readme)])
+def test_pulumi_yaml_and_the_readme_table_show_the_one_definition(path, generate):
+    current = (ROOT / path).read_text()
+    assert generate(current) == current, f"{path} drifted from components/settings.py: python -m tools.config_docs --write"
+
+
+def test_the_drift_check_names_a_changed_description_and_rewrites_it(tmp_path, monkeypatch, capsys):
+    drifted = (ROOT / "Pulumi.yaml").read_text().replace("Number of agent Kind clusters", "Number of clusters")
+    monkeypatch.setattr(config_docs, "PROJECT_FILE", tmp_path / "Pulumi.yaml")
+    monkeypatch.setattr(config_docs, "README", ROOT / "README.md")
+    (tmp_path / "Pulumi.yaml").write_text(drifted)
+    assert config_docs.main([]) == 1
+    assert capsys.readouterr().err.startswith("Pulumi.yaml differ")
+    assert config_docs.main(["--write"]) == 0
+    assert config_docs.main([]) == 0
+    assert (tmp_path / "Pulumi.yaml").read_text() == (ROOT / "Pulumi.yaml").read_text()
+
+
+def test_the_offline_stack_config_takes_the_declared_defaults_then_the_stack_file():
+    config = stack_config("hwtpm", {"vmCpus": 4})
+    assert config["keylime-push:tpmPolicy"] == json.dumps({"8": ZERO_DIGEST})
+    assert config["keylime-push:keylimeGit"] == ""
+    assert (config["keylime-push:agentClusters"], config["keylime-push:requireEkCert"]) == ("1", "true")
+    assert config["keylime-push:vmCpus"] == "4"
+    assert {key.split(":", 1)[1] for key in config} == set(KEYS)
 
 
 def test_default_providers_are_disabled_for_every_package():

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, pod_spec
+from helpers import ROOT, pod_spec
 
 from components.agent_workload import SWTPM_CTRL_PORT, SWTPM_PORT
 

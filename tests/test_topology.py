@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from conftest import kube_objects
+from helpers import kube_objects
 
 from tools.offline import ProgramRun
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from conftest import ROOT, all_containers, env_of, kube_objects, pod_spec, settings_for
+from helpers import ROOT, all_containers, env_of, kube_objects, pod_spec, settings_for
 
 from components import cloud_init
 from components.endpoints import vm_host_address
@@ -97,7 +97,7 @@ def test_ssh_uses_our_keys_in_both_directions(hwtpm, user_data):
 
 def test_the_vm_has_a_static_address_and_uses_the_host_for_routing_and_dns():
     settings = settings_for("hwtpm")
-    network = yaml.safe_load(cloud_init.network_config(settings))["ethernets"]["primary"]
+    network = yaml.safe_load(cloud_init.network_config(settings.vm_network_cidr))["ethernets"]["primary"]
     assert network["addresses"] == ["192.168.150.10/24"]
     assert network["routes"] == [{"to": "default", "via": vm_host_address(settings)}]
 
@@ -167,7 +167,7 @@ def vm_fakes(tmp_path):
     env = {**os.environ, "PATH": f"{VM_FAKES}:{os.environ['PATH']}", "FAKE_STATE": str(tmp_path),
            "BOOTSTRAP_ROOT": str(tmp_path / "root"), "FAKE_CONTAINERD_DEFAULT_CONFIG": str(tmp_path / "containerd.toml")}
     env_file = tmp_path / "bootstrap.env"
-    env_file.write_text(cloud_init.bootstrap_env(settings_for("hwtpm")))
+    env_file.write_text(cloud_init.bootstrap_env(settings_for("hwtpm").vm_network_cidr))
     return tmp_path, env, env_file
 
 

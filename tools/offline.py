@@ -12,32 +12,28 @@ import dataclasses
 import hashlib
 import json
 import runpy
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pulumi
 import yaml
-from pulumi.runtime import mocks as pulumi_mocks
-from pulumi.runtime import rpc
+
+from components import settings
+from tools import pulumi_internals
+from tools.pulumi_internals import is_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "keylime-push"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 SECRET_PLACEHOLDER = "[secret]"
 
 
 def stack_config(stack: str, overrides: Mapping[str, object] | None = None) -> dict[str, str]:
-    """The config a `pulumi up -s <stack>` would see: Pulumi.yaml defaults, then the stack file, then overrides.
+    """The config a `pulumi up -s <stack>` would see: the declared defaults, then the stack file, then overrides.
 
+    The defaults are the ones Pulumi.yaml declares, taken from their one definition in components/settings.py.
     Values are strings, as the Pulumi engine hands them to the program; keys are namespaced.
     """
-    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
-    merged: dict[str, object] = {}
-    for key, declaration in project.get("config", {}).items():
-        if isinstance(declaration, dict) and "default" in declaration:
-            merged[f"{PROJECT}:{key}"] = declaration["default"]
+    merged: dict[str, object] = {f"{PROJECT}:{key}": default for key, default in settings.DECLARED_DEFAULTS.items()}
     stack_file = ROOT / f"Pulumi.{stack}.yaml"
     merged.update((yaml.safe_load(stack_file.read_text()) or {}).get("config", {}))
     for key, value in (overrides or {}).items():
@@ -64,10 +60,6 @@ def integral(value: Any) -> Any:
     return value
 
 
-def is_secret(value: object) -> bool:
-    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
-
-
 def reveal(value: Any) -> Any:
     """Inputs as the provider would receive them, secrets unwrapped."""
     if is_secret(value):
@@ -91,22 +83,9 @@ def redact(value: Any) -> Any:
     return value
 
 
-@dataclasses.dataclass
-class Resource:
-    """One resource the program declared, with the options the engine would see."""
-
-    type: str
-    name: str
-    urn: str
-    parent: str
-    custom: bool
-    inputs: dict[str, Any]
-    dependencies: list[str]
-    provider: str
-    delete_before_replace: bool
-    additional_secret_outputs: list[str]
-    replace_on_changes: list[str]
-    deleted_with: str
+@dataclasses.dataclass(frozen=True)
+class Resource(pulumi_internals.Registration):
+    """One resource the program declared, with the options the engine would see; numbers as the program wrote them."""
 
     @property
     def plain(self) -> dict[str, Any]:
@@ -156,35 +135,6 @@ class RecordingMocks(pulumi.runtime.Mocks):
         raise NotImplementedError(f"the program makes no invokes; got {args.token}")
 
 
-class RecordingMonitor(pulumi_mocks.MockMonitor):
-    """Keeps what the engine would see of each registration: options as well as inputs."""
-
-    def __init__(self, mocks: RecordingMocks, declared: list[Resource]):
-        super().__init__(mocks)
-        self.declared = declared
-
-    def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
-        response = super().RegisterResource(request)
-        if request.type != "pulumi:pulumi:Stack":
-            self.declared.append(
-                Resource(
-                    type=request.type,
-                    name=request.name,
-                    urn=response.urn,
-                    parent=request.parent,
-                    custom=request.custom,
-                    inputs=integral(rpc.deserialize_properties(request.object)),
-                    dependencies=list(request.dependencies),
-                    provider=request.provider,
-                    delete_before_replace=request.deleteBeforeReplace,
-                    additional_secret_outputs=list(request.additionalSecretOutputs),
-                    replace_on_changes=list(request.replaceOnChanges),
-                    deleted_with=request.deletedWith,
-                )
-            )
-        return response
-
-
 @dataclasses.dataclass(frozen=True)
 class StackOutput:
     value: Any
@@ -221,20 +171,41 @@ def run_program(
     `declared` receives each registration as it happens, so a caller can see what existed when the
     program raised.
     """
+    return run_declarations(
+        lambda: runpy.run_path(str(main), run_name="__main__"),
+        stack=stack,
+        config=stack_config(stack, overrides),
+        command_stdout=command_stdout,
+        declared=declared,
+    )
+
+
+def run_declarations(
+    declare: Callable[[], object],
+    stack: str = "test",
+    config: Mapping[str, str] | None = None,
+    command_stdout: Callable[[str, dict[str, Any]], str] | None = None,
+    declared: list[Resource] | None = None,
+) -> ProgramRun:
+    """Run `declare` (the program, or one component with its Args) under mocks and record what it declares."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     mocks = RecordingMocks(command_stdout)
-    monitor = RecordingMonitor(mocks, declared if declared is not None else [])
+    recorded = declared if declared is not None else []
+
+    def record(registration: pulumi_internals.Registration) -> None:
+        recorded.append(Resource(**{**vars(registration), "inputs": integral(registration.inputs)}))
+
+    monitor = pulumi_internals.RegistrationMonitor(mocks, record)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
-    pulumi.runtime.set_all_config(stack_config(stack, overrides))
+    pulumi.runtime.set_all_config(dict(config or {}))
 
     outputs: dict[str, StackOutput] = {}
 
     @pulumi.runtime.test
     async def evaluate() -> None:
-        runpy.run_path(str(main), run_name="__main__")
-        # Under mocks nothing finalises the stack, so read the exports off the root resource here.
-        for name, value in pulumi.runtime.get_root_resource().outputs.items():
+        declare()
+        for name, value in pulumi_internals.stack_exports().items():
             output = pulumi.Output.from_input(value)
             outputs[name] = StackOutput(await output.future(), await output.is_secret())
 
@@ -242,5 +213,5 @@ def run_program(
         evaluate()
     finally:
         loop.close()
-    resources = sorted(monitor.declared, key=lambda r: r.urn)
+    resources = sorted(recorded, key=lambda r: r.urn)
     return ProgramRun(resources=resources, outputs=outputs)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from tools.lab.agent import AK_HANDLE, SETUP_EK_HANDLE
 

@@ -9,7 +9,7 @@ import ssl
 from pathlib import Path
 
 import pytest
-from conftest import settings_for
+from helpers import settings_for
 
 from components.endpoints import SERVERS, dials
 

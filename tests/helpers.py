@@ -1,0 +1,37 @@
+"""What the tests share besides fixtures: the stack's Settings, and ways into recorded Kubernetes objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.settings import Settings, parse_settings
+from tools.offline import ProgramRun, stack_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def settings_for(stack: str = "swtpm", **overrides: object) -> Settings:
+    """The Settings a stack file (plus overrides) yields, read the way the program reads them."""
+    namespaced = stack_config(stack, overrides)
+    return parse_settings({key.split(":", 1)[1]: value for key, value in namespaced.items() if key.startswith("keylime-push:")})
+
+
+def pod_spec(resource) -> dict:
+    return resource.plain["spec"]["template"]["spec"]
+
+
+def all_containers(resource) -> list[dict]:
+    spec = pod_spec(resource)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def kube_objects(run: ProgramRun, kind: str, cluster: str | None = None) -> list:
+    """Kubernetes objects of `kind`, optionally only those sent through the provider `<cluster>-k8s`."""
+    found = [r for r in run.resources if r.type.startswith("kubernetes:") and r.type.endswith(f":{kind}")]
+    if cluster is not None:
+        found = [r for r in found if r.provider.split("::")[-2] == f"{cluster}-k8s"]
+    return found
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {item["name"]: item.get("value") for item in container.get("env", [])}
