@@ -407,6 +407,12 @@ def places_shown(args: ResourceValidationArgs) -> Iterator[tuple[str, Any]]:
         yield from leaves(get(args.props, "build", "args", default={}), "build.args")
 
 
+# A command line that prints a kubeconfig: `kind get kubeconfig`, `kind-cluster.sh kubeconfig`, `cat .../admin.conf`.
+# A `--kubeconfig <file>` flag only uses one, and does not count.
+READS_KUBECONFIG = re.compile(r"(?<![-\w])kubeconfig\b|\bcat\s+\S*(?:admin\.conf|\.kube/config)")
+QUIET_LOGGING = ("none", "stderr")
+
+
 def validate_key_material_in_secrets(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
     for path, value in places_shown(args):
         what = key_material(value)
@@ -415,6 +421,14 @@ def validate_key_material_in_secrets(args: ResourceValidationArgs, report_violat
                 f"{describe(args)}: {path} holds {what}; put it in a Kubernetes Secret (or a Command's environment) "
                 "from a Pulumi secret, never in a plain object, a command line or a build argument"
             )
+    if args.resource_type in COMMAND_TYPES and READS_KUBECONFIG.search(str(get(args.props, "create", default=""))):
+        problems = []
+        if "stdout" not in list(args.opts.additional_secret_outputs):
+            problems.append("stdout is not in additionalSecretOutputs (the kubeconfig would sit in the state in plain text)")
+        if get(args.props, "logging", default="stdoutAndStderr") not in QUIET_LOGGING:
+            problems.append("its logging shows stdout (set logging to none or stderr)")
+        if problems:
+            report_violation(f"{describe(args)} prints a kubeconfig: " + "; ".join(problems))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,7 +630,8 @@ POLICIES = [
     ),
     _resource_policy(
         "key-material-in-secrets",
-        "Private keys and kubeconfigs reach resources only as secrets: never in a plain Kubernetes object, a command line, Command triggers or a build argument.",
+        "Private keys and kubeconfigs reach resources only as secrets: never in a plain Kubernetes object, a command line, "
+        "Command triggers or a build argument; a Command that prints a kubeconfig keeps its stdout secret and out of the log.",
         validate_key_material_in_secrets,
     ),
     _resource_policy(

@@ -102,16 +102,18 @@ def test_every_resource_policy_applies_to_some_resource_of_the_program(stacks, s
     """No policy passes by finding nothing to look at: each one breaks on a resource the program declares."""
     run = stacks[stack]
     agent = next(r.name for r in run.resources if r.name.endswith("-agent") and r.type == "kubernetes:apps/v1:DaemonSet")
+    kubeconfig = "infra-kubeconfig" if stack == "swtpm" else "vm-kubeconfig"
     breakages = {
         "agent-security-context": (agent, lambda i: i["spec"]["template"]["spec"]["containers"][0]["securityContext"].update(readOnlyRootFilesystem=False)),
         "no-privilege-without-reason": (agent, lambda i: i["spec"]["template"]["spec"]["containers"][0]["securityContext"].update(privileged=True)),
         "images-pinned": ("images-agent", lambda i: i.update(imageName="keylime-push/agent:latest")),
         "key-material-in-secrets": ("enrollment-enroll", lambda i: i.update(create=f"echo '{KEY}' | enroll.py add")),
+        "key-material-in-secrets ": (kubeconfig, lambda i: i.update(logging="stdoutAndStderr")),
         "tpm-policy-pcrs": ("enrollment-enroll", lambda i: unwrap(i["environment"]).update(TPM_POLICY=json.dumps({"10": ZEROS}))),
         "host-ports-bound": (agent, lambda i: i["spec"]["template"]["spec"]["containers"][0].update(ports=[{"containerPort": 1, "hostPort": 2}])),
     }
     for policy, (name, change) in breakages.items():
-        found = [v for v in check(replaced(run, name, change), stack) if v.policy == policy and v.resource.endswith(f"::{name}")]
+        found = [v for v in check(replaced(run, name, change), stack) if v.policy == policy.strip() and v.resource.endswith(f"::{name}")]
         assert found, policy
 
 
@@ -322,6 +324,20 @@ def test_key_material_in_secrets_minimal():
     # A Command's environment is where the program hands it over (as a Pulumi secret); its command line is not.
     assert violations(validate, args("command:local:Command", {"create": "enroll.py add", "environment": {"KUBECONFIG_DATA": KUBECONFIG}})) == []
     assert "triggers[0] holds a private key" in violations(validate, args("command:local:Command", {"create": "x", "triggers": [KEY]}))[0]
+    # A Command that prints a kubeconfig keeps it secret in the state and out of the log.
+    prints = {"create": "kind-cluster.sh kubeconfig", "logging": "none"}
+    secret_stdout = PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), ["stdout"], None)
+    kubeconfig_args = args("command:local:Command", prints, name="infra-kubeconfig")
+    assert violations(validate, kubeconfig_args) == [
+        "command:local:Command 'infra-kubeconfig' prints a kubeconfig: stdout is not in additionalSecretOutputs "
+        "(the kubeconfig would sit in the state in plain text)"]
+    kubeconfig_args.opts = secret_stdout
+    assert violations(validate, kubeconfig_args) == []
+    kubeconfig_args.props = engine_props({"create": "kubectl --kubeconfig /etc/kubernetes/admin.conf wait node --all"})
+    assert violations(validate, kubeconfig_args) == []  # uses one, prints none
+    kubeconfig_args.props = engine_props({"create": "sudo cat /etc/kubernetes/admin.conf"})
+    assert violations(validate, kubeconfig_args) == [
+        "command:local:Command 'infra-kubeconfig' prints a kubeconfig: its logging shows stdout (set logging to none or stderr)"]
     # Values other resources compute are unknown during preview: skipped, not an error (`up` sees them).
     assert violations(validate, args("command:local:Command", {"create": "x", "triggers": [UNKNOWN_STRING_VALUE]})) == []
 

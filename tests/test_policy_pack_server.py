@@ -60,7 +60,7 @@ def request(resource: Resource, run: ProgramRun) -> analyzer_pb2.AnalyzeRequest:
     provider = run.by_urn(resource.provider.rsplit("::", 1)[0])
     return analyzer_pb2.AnalyzeRequest(
         type=resource.type, name=resource.name, urn=resource.urn, properties=wire(resource.inputs),
-        options=analyzer_pb2.AnalyzerResourceOptions(parent=resource.parent),
+        options=analyzer_pb2.AnalyzerResourceOptions(parent=resource.parent, additionalSecretOutputs=resource.additional_secret_outputs),
         provider=analyzer_pb2.AnalyzerProviderResource(type=provider.type, name=provider.name, urn=provider.urn, properties=wire(provider.inputs)),
     )
 
