@@ -25,7 +25,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import pulumi
 import yaml
@@ -496,51 +496,62 @@ def validate_host_ports_bound(args: ResourceValidationArgs, report_violation: Re
 # Stack: every address a client dials is a SAN of that server's certificate.
 
 
-def dialed_addresses(resources: list[PolicyResource]) -> list[tuple[str, str, str, str]]:
-    """(client, server, host, where) from the keylime configuration files the stack ships in ConfigMaps."""
-    found: list[tuple[str, str, str, str]] = []
+class Dialed(NamedTuple):
+    """One address a keylime client is configured to dial, and the ConfigMap that says so."""
+
+    client: str
+    server: str
+    host: str
+    port: int | None
+    where: str
+
+
+def dialed_addresses(resources: list[PolicyResource]) -> list[Dialed]:
+    """Every address in the keylime configuration files the stack ships in ConfigMaps."""
+    found: list[Dialed] = []
     for resource in resources:
         if resource.resource_type != CONFIG_MAP_TYPE:
             continue
         data = get(resource.props, "data", default={})
         where = describe(resource)
-        agent = get(data, "agent.conf")
-        if isinstance(agent, str):
-            options = _ini(agent).get("agent", {})
-            if options.get("registrar_ip"):
-                found.append(("agent", "registrar", options["registrar_ip"], where))
-            if options.get("verifier_url"):
-                host = _url_host(options["verifier_url"])
-                found.append(("agent", "verifier", host, where))
-        tenant = get(data, "tenant.conf")
-        if isinstance(tenant, str):
-            options = _ini(tenant).get("tenant", {})
-            for server in ("registrar", "verifier"):
-                if options.get(f"{server}_ip"):
-                    found.append(("tenant", server, options[f"{server}_ip"], where))
-        verifier = get(data, "verifier.conf")
-        if isinstance(verifier, str):
-            options = _ini(verifier).get("verifier", {})
-            if options.get("registrar_ip"):
-                found.append(("verifier", "registrar", options["registrar_ip"], where))
+        agent = _ini(get(data, "agent.conf", default="")).get("agent", {})
+        if agent.get("registrar_ip"):
+            found.append(Dialed("agent", "registrar", agent["registrar_ip"], _port(agent.get("registrar_port")), where))
+        if agent.get("verifier_url"):
+            host, port = _url_address(agent["verifier_url"])
+            found.append(Dialed("agent", "verifier", host, port, where))
+        tenant = _ini(get(data, "tenant.conf", default="")).get("tenant", {})
+        for server in ("registrar", "verifier"):
+            if tenant.get(f"{server}_ip"):
+                found.append(Dialed("tenant", server, tenant[f"{server}_ip"], _port(tenant.get(f"{server}_port")), where))
+        verifier = _ini(get(data, "verifier.conf", default="")).get("verifier", {})
+        if verifier.get("registrar_ip"):
+            found.append(Dialed("verifier", "registrar", verifier["registrar_ip"], _port(verifier.get("registrar_port")), where))
     return found
 
 
-def _ini(text: str) -> dict[str, dict[str, str]]:
+def _ini(text: Any) -> dict[str, dict[str, str]]:
     """keylime's INI files and the agent's flat TOML both read as sections of `key = value`."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        parser.read_string(text)
+        parser.read_string(text if isinstance(text, str) else "")
     except configparser.Error:
         return {}
     return {section: {k: v.strip().strip('"') for k, v in parser[section].items()} for section in parser.sections()}
 
 
-def _url_host(url: str) -> str:
+def _port(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
+
+
+def _url_address(url: str) -> tuple[str, int | None]:
+    """`https://[fd00::1]:30881/` -> ('fd00::1', 30881)."""
     rest = url.split("://", 1)[-1].split("/", 1)[0]
     if rest.startswith("["):
-        return rest[1:].split("]", 1)[0]
-    return rest.rsplit(":", 1)[0] if ":" in rest else rest
+        host, _, tail = rest[1:].partition("]")
+        return host, _port(tail.removeprefix(":"))
+    host, _, port = rest.rpartition(":")
+    return (host, _port(port)) if host else (rest, None)
 
 
 def server_certificates(resources: list[PolicyResource]) -> dict[str, tuple[PolicyResource, set[str]]]:
@@ -576,7 +587,7 @@ def _is_ip(text: str) -> bool:
 
 def validate_dialed_addresses_are_sans(args: StackValidationArgs, report_violation: ReportViolation) -> None:
     certificates = server_certificates(list(args.resources))
-    for client, server, host, where in dialed_addresses(list(args.resources)):
+    for client, server, host, _, where in dialed_addresses(list(args.resources)):
         if server not in certificates:
             report_violation(f"{where}: the {client} dials the {server} at '{host}', but the stack issues no keylime-{server} certificate")
             continue
@@ -586,6 +597,46 @@ def validate_dialed_addresses_are_sans(args: StackValidationArgs, report_violati
                 f"{where}: the {client} dials the {server} at '{host}', which is not a SAN of {describe(request)} "
                 f"(SANs: {sorted(sans)}); add it to the certificate (keylime-push:extraSans) or dial a listed name",
                 request.urn,
+            )
+
+
+def kind_clusters(resources: list[PolicyResource]) -> dict[str, list[tuple[int, str]]]:
+    """Kind cluster name -> its host-published ports as (hostPort, listenAddress)."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    for resource in resources:
+        if resource.resource_type not in COMMAND_TYPES:
+            continue
+        for config in kind_configs(resource.props):
+            mappings = [m for node in config.get("nodes") or [] for m in node.get("extraPortMappings") or []]
+            found[str(config.get("name", "kind"))] = [(int(m["hostPort"]), str(m.get("listenAddress", ""))) for m in mappings if "hostPort" in m]
+    return found
+
+
+def node_ports(resources: list[PolicyResource]) -> set[int]:
+    ports = set()
+    for resource in resources:
+        if resource.resource_type == "kubernetes:core/v1:Service" and get(resource.props, "spec", "type") == "NodePort":
+            ports |= {int(get(p, "nodePort")) for p in items(get(resource.props, "spec", "ports")) if get(p, "nodePort") is not None}
+    return ports
+
+
+def validate_agent_endpoints_published(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    resources = list(args.resources)
+    clusters, exposed = kind_clusters(resources), node_ports(resources)
+    for dialed in dialed_addresses(resources):
+        if dialed.client != "agent" or dialed.port is None:
+            continue
+        if dialed.port not in exposed:
+            report_violation(f"{dialed.where}: the agent dials the {dialed.server} on port {dialed.port}, but no NodePort Service exposes it")
+        # A Kind node's container name is reached directly on the `kind` network; anything else goes through the host.
+        if any(dialed.host == f"{name}-control-plane" for name in clusters) or not _is_ip(dialed.host):
+            continue
+        published = [(port, address) for mappings in clusters.values() for port, address in mappings if port == dialed.port]
+        if not any(address in WILDCARD_ADDRESSES or _same_address(dialed.host, {address}) for _, address in published):
+            shown = ", ".join(f"{address or 'unset'}:{port}" for port, address in published) or "nowhere"
+            report_violation(
+                f"{dialed.where}: the agent dials the {dialed.server} at {dialed.host}:{dialed.port} through the host, but "
+                f"Kind publishes that port on {shown}; publish it on {dialed.host}"
             )
 
 
@@ -648,6 +699,12 @@ POLICIES = [
         name="dialed-addresses-are-sans",
         description="Every address a client (agent, tenant, verifier) is configured to dial is a SAN of that server's certificate.",
         validate=validate_dialed_addresses_are_sans,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
+    StackValidationPolicy(
+        name="agent-endpoints-published",
+        description="Every port an agent dials is a NodePort, and an address it dials through the host is one Kind publishes that port on.",
+        validate=validate_agent_endpoints_published,
         enforcement_level=EnforcementLevel.MANDATORY,
     ),
 ]

@@ -210,6 +210,34 @@ def test_the_documented_exception_must_keep_its_reason(stacks):
     ]
 
 
+def test_binding_the_infra_ports_to_loopback_would_cut_the_vm_s_agent_off(stacks):
+    """hwtpm's agent dials the host's libvirt address, so loopback-only publishing is refused as well."""
+
+    def loopback(inputs):
+        environment = unwrap(inputs["environment"])
+        environment["KIND_CONFIG"] = environment["KIND_CONFIG"].replace("0.0.0.0", "127.0.0.1")
+
+    hwtpm = check(replaced(stacks["hwtpm"], "infra-cluster", loopback), "hwtpm")
+    assert [v.message for v in hwtpm] == [
+        f"kubernetes:core/v1:ConfigMap 'vm-config' (keylime/keylime-agent-config): the agent dials the {server} at "
+        f"192.168.150.1:{port} through the host, but Kind publishes that port on 127.0.0.1:{port}; publish it on 192.168.150.1"
+        for server, port in (("registrar", 30890), ("verifier", 30881))
+    ]
+    # swtpm's agents reach the infra node on the kind network: loopback publishing is all they need.
+    assert check(replaced(stacks["swtpm"], "infra-cluster", loopback), "swtpm") == []
+
+
+def test_an_agent_port_without_a_node_port_is_refused(stacks):
+    def move(inputs):
+        inputs["spec"]["ports"][0]["nodePort"] = 30882
+
+    found = [v.message for v in check(replaced(stacks["swtpm"], "infra-verifier-service", move), "swtpm") if v.policy == "agent-endpoints-published"]
+    assert found == [
+        f"kubernetes:core/v1:ConfigMap 'agents-{n}-config' (keylime/keylime-agent-config): the agent dials the verifier on port 30881, "
+        "but no NodePort Service exposes it" for n in (1, 2)
+    ]
+
+
 # --- each policy on a minimal bad resource ----------------------------------------------------------
 
 
@@ -399,6 +427,35 @@ def test_dialed_addresses_are_sans_minimal():
     )]
     assert run(config, csr("registrar", ["infra"], [])) == [(
         "kubernetes:core/v1:ConfigMap 'agents-1-config' (cfg): the agent dials the verifier at 'fd00::1', but the stack issues no keylime-verifier certificate", None)]
+
+
+def test_agent_endpoints_published_minimal():
+    def resource(resource_type: str, name: str, props: dict) -> PolicyResource:
+        return PolicyResource(resource_type, engine_props(props), f"urn:pulumi:s::p::{resource_type}::{name}", name, OPTIONS, EXPLICIT, None, [], {})
+
+    def agent(host: str) -> PolicyResource:
+        conf = f'[agent]\nregistrar_ip = "{host}"\nregistrar_port = 30890\n'
+        return resource("kubernetes:core/v1:ConfigMap", "cfg", {"metadata": {"name": "cfg"}, "data": {"agent.conf": conf}})
+
+    def kind(address: str) -> PolicyResource:
+        config = kind_config("keylime-infra", (30890,)).replace("0.0.0.0", address)
+        return resource("command:local:Command", "infra-cluster", {"environment": {"KIND_CONFIG": config}})
+
+    service = resource("kubernetes:core/v1:Service", "svc", {"spec": {"type": "NodePort", "ports": [{"port": 8890, "nodePort": 30890}]}})
+
+    def run(*resources) -> list[str]:
+        found: list[str] = []
+        rules.validate_agent_endpoints_published(StackValidationArgs(list(resources), {}), lambda m, urn=None: found.append(m))
+        return found
+
+    assert run(agent("192.168.150.1"), kind("192.168.150.1"), service) == []
+    assert run(agent("192.168.150.1"), kind("0.0.0.0"), service) == []
+    assert run(agent("keylime-infra-control-plane"), kind("127.0.0.1"), service) == []
+    assert run(agent("192.168.150.1"), kind("127.0.0.1"), service) == [
+        "kubernetes:core/v1:ConfigMap 'cfg' (cfg): the agent dials the registrar at 192.168.150.1:30890 through the host, "
+        "but Kind publishes that port on 127.0.0.1:30890; publish it on 192.168.150.1"]
+    assert run(agent("keylime-infra-control-plane"), kind("127.0.0.1")) == [
+        "kubernetes:core/v1:ConfigMap 'cfg' (cfg): the agent dials the registrar on port 30890, but no NodePort Service exposes it"]
 
 
 def test_secrets_reach_policies_unwrapped_as_pulumi_policy_presents_them(stacks):

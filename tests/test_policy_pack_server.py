@@ -77,6 +77,7 @@ def test_the_pack_serves_every_policy_as_mandatory(pack_with):
         name: MANDATORY for name in (
             "agent-security-context", "no-privilege-without-reason", "explicit-provider", "images-pinned",
             "key-material-in-secrets", "tpm-policy-pcrs", "host-ports-bound", "dialed-addresses-are-sans",
+            "agent-endpoints-published",
         )
     }
 
