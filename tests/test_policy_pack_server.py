@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from google.protobuf import empty_pb2, json_format, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 
