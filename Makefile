@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := venv
 VALIDATORS_VENV := venv-validators
 LAB_VENV := venv-lab
+# The policy pack's own virtualenv, where PulumiPolicy.yaml points Pulumi.
+POLICY_VENV := policy/venv
 # keylime imports `gpg`, which is not on PyPI: Debian's python3-gpg is linked into the lab's virtualenv, so
 # that virtualenv is made from Debian's own python3 (a pyenv one may differ, or sit where UID 490 cannot reach).
 LAB_PYTHON ?= /usr/bin/python3
@@ -13,7 +15,7 @@ STACK ?= swtpm
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
 
-.PHONY: setup swtpm hwtpm verify enroll clean test render preflight
+.PHONY: setup swtpm hwtpm verify enroll clean test render preflight preview policy
 
 # What the enrollment script needs, read from the stack's outputs (the kubeconfig never reaches the terminal).
 ENROLL_ENV = KUBECONFIG_DATA="$$(pulumi stack output infraKubeconfig --show-secrets --stack $(STACK))" \
@@ -47,6 +49,11 @@ $(LAB_VENV)/.installed: requirements-lab.txt
 	$(LAB_VENV)/bin/python -c 'import gpg, keylime'
 	touch $@
 
+$(POLICY_VENV)/.installed: policy/requirements.txt
+	$(PYTHON) -m venv $(POLICY_VENV)
+	$(POLICY_VENV)/bin/pip install --quiet -r policy/requirements.txt
+	touch $@
+
 $(PULUMI_CONFIG_PASSPHRASE_FILE):
 	umask 077 && head -c 32 /dev/urandom | base64 > $@
 
@@ -56,6 +63,14 @@ setup: $(VENV)/.installed $(PULUMI_CONFIG_PASSPHRASE_FILE)
 
 swtpm hwtpm: setup
 	pulumi up --stack $@ --yes
+
+# What `pulumi up` would change, judged by the policy pack: a mandatory violation fails the preview.
+preview: setup $(POLICY_VENV)/.installed
+	pulumi preview --stack $(STACK) --diff --policy-pack policy
+
+# The same pack on the program evaluated under mocks: no Pulumi CLI, no cluster, no state.
+policy: $(VENV)/.installed
+	$(VENV)/bin/python -m tools.policy_check --stack $(STACK)
 
 # Re-check that every agent attests (exit 1 names each agent that does not, and why).
 verify:

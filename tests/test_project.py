@@ -15,16 +15,24 @@ def stacks() -> set[str]:
     return {path.name.split(".")[1] for path in ROOT.glob("Pulumi.*.yaml")}
 
 
-def test_pull_requests_preview_every_stack_on_a_file_backend_and_comment():
+def test_pull_requests_preview_every_stack_with_the_policy_pack_and_comment():
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "preview.yml").read_text())
     assert "pull_request" in workflow[True]  # YAML 1.1 reads the `on:` key as True
     job = workflow["jobs"]["pulumi-preview"]
     assert set(job["strategy"]["matrix"]["stack"]) == stacks() == {"swtpm", "hwtpm"}
+    runs = [step.get("run", "") for step in job["steps"]]
+    # The branching (shared backend or throwaway state) lives in .github/preview.sh, tested in test_preview.py.
+    assert '.github/preview.sh "${{ matrix.stack }}" preview.md' in runs
+    assert '.github/pr-comment.sh "preview-${{ matrix.stack }}" preview.md' in runs
+    assert any("policy/venv/bin/pip install -r policy/requirements.txt" in run for run in runs)
+    assert job["env"]["SHARED_BACKEND_URL"] == "${{ secrets.PULUMI_BACKEND_URL }}"
+    assert job["env"]["SHARED_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
+    # pulumi/actions only installs the CLI here: the preview itself is the script's.
     (action,) = [step for step in job["steps"] if str(step.get("uses", "")).startswith("pulumi/actions@")]
-    assert action["with"]["command"] == "preview"
-    assert action["with"]["cloud-url"].startswith("file://")
-    assert action["with"]["comment-on-pr"] is True and action["with"]["diff"] is True
+    assert "with" not in action
     assert "PULUMI_ACCESS_TOKEN" not in str(workflow)
+    render = [step.get("run", "") for step in workflow["jobs"]["render-diff"]["steps"]]
+    assert ".github/pr-comment.sh render-diff render-diff.md" in render
 
 
 def git(*args: str, cwd) -> str:
@@ -65,6 +73,8 @@ def test_make_verbs_wrap_pulumi_and_the_scripts():
     assert "enroll.py verify" in dry_run("verify") and "--stack hwtpm" in dry_run("verify")
     assert "pulumi destroy --stack" in dry_run("clean")
     assert "python -m pytest" in dry_run("test")
+    assert "pulumi preview --stack hwtpm --diff --policy-pack policy" in dry_run("preview")
+    assert "python -m tools.policy_check --stack hwtpm" in dry_run("policy")
 
 
 def test_preflight_says_what_is_missing_instead_of_failing_halfway(tmp_path):

@@ -1,0 +1,7 @@
+"""The keylime-push policy pack. Pulumi runs this file; the rules live in rules.py, where tests call them."""
+
+from pulumi_policy import EnforcementLevel, PolicyPack
+
+from rules import POLICIES
+
+PolicyPack(name="keylime-push", enforcement_level=EnforcementLevel.MANDATORY, policies=POLICIES)
