@@ -127,3 +127,19 @@ def test_a_running_agent_without_a_registration_leaves_its_node_unregistered():
 def test_an_empty_policy_is_refused_before_anything_is_decided():
     with pytest.raises(ValueError, match="names no PCR"):
         plan(snapshot(["a"], [Registration("a", POD_A.address, None)]), "{}", None)
+
+
+def test_the_controller_names_every_configuration_problem_at_once(tmp_path):
+    from controller.__main__ import Config, ConfigError
+
+    clusters = tmp_path / "clusters.json"
+    clusters.write_text("[]")
+    with pytest.raises(ConfigError) as refused:
+        Config.from_env({"CLUSTERS_FILE": str(clusters), "TAINT_EFFECT": "NoWay", "INTERVAL_SECONDS": "-1",
+                         "REGISTRAR_URL": "https://r:8891"})
+    message = str(refused.value)
+    for expected in ("TAINT_EFFECT: got 'NoWay'; allowed: NoSchedule, PreferNoSchedule, NoExecute",
+                     "INTERVAL_SECONDS: got '-1'; allowed: a positive number", "CLUSTERS_FILE: ", "not a non-empty JSON object",
+                     "VERIFIER_URL: required", "POLICY_FILE: required"):
+        assert expected in message
+    assert "REGISTRAR_URL" not in message

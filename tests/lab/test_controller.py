@@ -19,6 +19,7 @@ from kubernetes import client as kube_client
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.__main__ import check
 from controller.ek import TrustStore
 from controller.keylime import Backoff, Registrar, Tls, Verifier
 from controller.kube import CONDITION_TYPE, STATUS_LABEL, TAINT_KEY, Cluster
@@ -116,7 +117,7 @@ def world(lab, infra, tmp_path):
         lab.agent.register(lab.registrar_url)
 
 
-def test_the_controller_follows_the_fleet_and_gates_nodes(lab, world):
+def test_the_controller_follows_the_fleet_and_gates_nodes(lab, world, capsys):
     fake, reconcile, scrape, verifier = world["fake"], world["reconcile"], world["scrape"], world["verifier"]
     a, b, c, d = world["agents"]
 
@@ -138,6 +139,8 @@ def test_the_controller_follows_the_fleet_and_gates_nodes(lab, world):
     assert fake.label("node-a", STATUS_LABEL) == "PASS" and fake.taints("node-a") == []
     assert fake.condition("node-a", CONDITION_TYPE)["status"] == "True"
     assert scrape.status(a.uuid) == "PASS" and scrape.value("keylime_agent_attestation_count", uuid=a.uuid) >= 2
+    # `python -m controller check`, what `pulumi up` and `make verify` end with, accepts it.
+    assert check(world["controller"], wait=1, poll=0.2) == 0
 
     # 3. A policy change re-enrolls it; it passes under the new policy.
     world["policy"]["value"] = json.dumps({"8": ZEROS, "9": ZEROS})
@@ -212,6 +215,8 @@ def test_the_controller_follows_the_fleet_and_gates_nodes(lab, world):
     assert fake.taints("node-b") == [{"key": TAINT_KEY, "value": "REFUSED", "effect": "NoSchedule"}]
     (event,) = fake.events[events_before:]
     assert "not signed by a CA in the EK trust store" in event["message"] and b.uuid in event["message"]
+    assert check(world["controller"], wait=0.5, poll=0.2) == 1
+    assert f"{CLUSTER}/node-b: agent {b.uuid}: REFUSED: its EK certificate" in capsys.readouterr().err
 
     # 8. A rogue registration (an address where no agent runs) is removed; so is one claiming node-a,
     #    which agent A holds by attesting, with an Event on node-a.
