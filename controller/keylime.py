@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import time
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import requests
 
+from .backoff import Backoff, Transient
 from .enrollment import stored_form
 
 API_VERSION = "2.6"
@@ -38,14 +38,6 @@ class Tls:
     key: str
 
 
-@dataclasses.dataclass
-class Backoff:
-    attempts: int = 4
-    first: float = 0.5
-    factor: float = 2.0
-    sleep: Callable[[float], None] = time.sleep
-
-
 class Api:
     """One keylime server's v2 admin API."""
 
@@ -63,23 +55,21 @@ class Api:
 
     def request(self, method: str, path: str, body: Mapping[str, Any] | None = None,
                 params: Mapping[str, str] | None = None) -> requests.Response:
-        delay = self.backoff.first
-        for attempt in range(1, self.backoff.attempts + 1):
+        def attempt() -> requests.Response:
             self.calls += 1
             try:
                 response = self.session.request(method, f"{self.base}{path}", params=params, timeout=self.timeout,
                                                 data=json.dumps(body) if body is not None else None)
             except requests.RequestException as error:
-                problem = f"{method} {path}: {error}"
-            else:
-                if response.status_code not in TRANSIENT_STATUSES:
-                    return response
-                problem = f"{method} {path}: HTTP {response.status_code} {response.text[:200]}"
-            if attempt == self.backoff.attempts:
-                raise Unavailable(f"{problem} (after {attempt} attempts)")
-            self.backoff.sleep(delay)
-            delay *= self.backoff.factor
-        raise AssertionError("unreachable")
+                raise Transient(f"{method} {path}: {error}") from None
+            if response.status_code in TRANSIENT_STATUSES:
+                raise Transient(f"{method} {path}: HTTP {response.status_code} {response.text[:200]}")
+            return response
+
+        try:
+            return self.backoff.run(attempt)
+        except Transient as error:
+            raise Unavailable(str(error)) from None
 
     @staticmethod
     def results(response: requests.Response, what: str) -> Any:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import time
 from typing import Any, Callable, Mapping
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from .backoff import Backoff, Transient
 from .enrollment import PASS
 from .fleet import GATING_STATES, AgentPod, NodeVerdict
 
@@ -101,27 +101,26 @@ class Cluster:
     """One agent cluster's API server, with the controller's narrow rights there (see the RBAC it is deployed with)."""
 
     def __init__(self, name: str, api_client: client.ApiClient, namespace: str, selector: str,
-                 attempts: int = 4, first_delay: float = 0.5, sleep: Callable[[float], None] = time.sleep):
+                 backoff: Backoff | None = None):
         self.name, self.namespace, self.selector = name, namespace, selector
         self.core = client.CoreV1Api(api_client)
-        self.attempts, self.first_delay, self.sleep = attempts, first_delay, sleep
+        self.backoff = backoff or Backoff()
 
     def _call(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        delay = self.first_delay
-        for attempt in range(1, self.attempts + 1):
+        def attempt() -> Any:
             try:
                 return function(*args, **kwargs)
             except ApiException as error:
                 if error.status is not None and error.status < 500 and error.status != 429:
                     raise
-                problem = f"HTTP {error.status} {error.reason}"
+                raise Transient(f"cluster {self.name}: {what}: HTTP {error.status} {error.reason}") from None
             except (HTTPError, OSError) as error:
-                problem = str(error)
-            if attempt == self.attempts:
-                raise Unreachable(f"cluster {self.name}: {what}: {problem} (after {attempt} attempts)")
-            self.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+                raise Transient(f"cluster {self.name}: {what}: {error}") from None
+
+        try:
+            return self.backoff.run(attempt)
+        except Transient as error:
+            raise Unreachable(str(error)) from None
 
     def _list(self, what: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         # The raw JSON: building the client's model objects for a thousand nodes costs seconds, and only a few

@@ -127,3 +127,33 @@ def test_a_first_pass_costs_one_registrar_read_and_one_enrollment_per_new_agent_
     finally:
         for fake in fakes:
             fake.close()
+
+
+def test_an_api_server_that_fails_once_is_retried_after_a_backoff_and_one_that_stays_down_is_unreachable():
+    from controller.backoff import Backoff
+    from controller.kube import Unreachable
+
+    fake = FakeKubernetes()
+    fake.add_node("node-0", "10.0.0.1")
+    fake.add_pod("agent-0", "keylime", "node-0", SELECTOR)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        fake.down = len(slept) > 1 and fake.down  # back after the first wait
+
+    try:
+        api = kube_client.ApiClient(kube_client.Configuration(host=fake.url))
+        cluster = Cluster("agents-1", api, "keylime", "app.kubernetes.io/name=keylime-agent",
+                          Backoff(attempts=3, first=0.1, sleep=sleep))
+        fake.down = True
+        assert [pod.node for pod in cluster.agent_pods()] == ["node-0"]
+        assert slept == [0.1] and fake.calls["unavailable"] == 1
+        slept.clear()
+        fake.down = True
+        cluster.backoff.sleep = slept.append  # stays down
+        with pytest.raises(Unreachable, match="cluster agents-1: list nodes: HTTP 503 .*after 3 attempts"):
+            cluster.nodes()
+        assert slept == [0.1, 0.2]
+    finally:
+        fake.close()
