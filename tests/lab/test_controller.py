@@ -283,3 +283,62 @@ def validate(objects: list[dict]) -> None:
                                 capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert {document["kind"] for document in objects} == {"Node", "Event"}
+
+
+def test_the_controller_program_runs_from_its_configuration_alone(lab, infra, tmp_path):
+    """`python -m controller run` as a process: configured by environment and files only (as its pod would be),
+    it enrolls a new agent, labels the node and serves /metrics, on its own schedule."""
+    import os
+    import signal
+    import socket
+    import sys
+
+    fake = FakeKubernetes()
+    fake.add_node("node-e", "172.18.0.21")
+    fake.add_pod("agent-e", NAMESPACE, "node-e", SELECTOR)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+        "users": [{"name": "controller", "user": {}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "controller"}}],
+    }))
+    (tmp_path / "clusters.json").write_text(json.dumps({CLUSTER: str(kubeconfig)}))
+    (tmp_path / "policy.json").write_text(json.dumps({"8": ZEROS}))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tls = tls_files(infra)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+           "REGISTRAR_URL": f"https://localhost:{infra.port('registrar', 'https')}",
+           "VERIFIER_URL": f"https://localhost:{infra.port('verifier', 'https')}",
+           "KEYLIME_CA": tls.ca, "CLIENT_CERT": tls.cert, "CLIENT_KEY": tls.key,
+           "POLICY_FILE": str(tmp_path / "policy.json"), "CLUSTERS_FILE": str(tmp_path / "clusters.json"),
+           "AGENT_NAMESPACE": NAMESPACE, "INTERVAL_SECONDS": "0.5", "METRICS_PORT": str(port)}
+    agent = lab.new_agent("controller-e", own_pod=True)
+    verifier = Verifier(env["VERIFIER_URL"], tls)
+    process = subprocess.Popen([sys.executable, "-m", "controller", "run"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        agent.register(lab.registrar_url, contact_ip="172.18.0.21")
+        scrape = Scrape(port)
+        deadline = time.monotonic() + 30
+        while fake.label("node-e", STATUS_LABEL) != "PENDING":
+            assert process.poll() is None and time.monotonic() < deadline, "the controller did not enroll the agent"
+            time.sleep(0.3)
+        assert json.loads(verifier.agents()[agent.uuid]["meta_data"])["node"] == "node-e"
+        lab.push_client(agent).attest_times(1)
+        while fake.label("node-e", STATUS_LABEL) != "PASS":
+            assert process.poll() is None and time.monotonic() < deadline, "the node never became PASS"
+            time.sleep(0.3)
+        while scrape.status(agent.uuid) != "PASS":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        assert scrape.value("keylime_controller_reconciles_total") >= 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+        fake.close()
+        verifier.delete(agent.uuid)
+        Registrar(env["REGISTRAR_URL"], tls).delete(agent.uuid)
+    assert f"enrolling {agent.uuid} on {CLUSTER}/node-e" in output
