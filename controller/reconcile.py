@@ -19,6 +19,8 @@ from .keylime import Registrar, Unavailable, Verifier
 from .kube import Cluster, Unreachable
 
 log = logging.getLogger("keylime-controller")
+# An agent activates within a second of registering; one still not activated is looked at again this much later.
+UNREADABLE_RETRY_SECONDS = 60.0
 
 
 @dataclasses.dataclass
@@ -39,6 +41,10 @@ class Controller:
         # read once is kept; a restart only costs reading them again.
         self.registrations: dict[str, Registration] = {}
         self.aik: dict[str, str] = {}
+        # Registrations the registrar lists but will not show (not activated, 404): asked again only after a while,
+        # so that a heap of never-activated registrations cannot make every pass cost a call each.
+        self.unreadable_until: dict[str, float] = {}
+        self.clock = time.monotonic
         self.last: Outcome | None = None
 
     # --- read -----------------------------------------------------------------------------------
@@ -57,9 +63,13 @@ class Controller:
             for gone in set(self.registrations) - registered:
                 self.registrations.pop(gone)
                 self.aik.pop(gone, None)
+            for gone in set(self.unreadable_until) - registered:
+                self.unreadable_until.pop(gone)
             placed = {uuid for uuid, record in (verifier or {}).items() if '"address"' in str(record.get("meta_data") or "")}
+            now = self.clock()
             for uuid in sorted(registered - placed - set(self.registrations)):
-                self._read_registration(uuid, errors)
+                if self.unreadable_until.get(uuid, 0) <= now:
+                    self._read_registration(uuid, errors)
         pods: dict[str, tuple | None] = {}
         nodes: dict[str, dict] = {}
         for name, cluster in self.clusters.items():
@@ -78,7 +88,9 @@ class Controller:
             errors.append(f"registrar: {error}")
             return None
         if record is None:
-            return None  # not activated yet
+            self.unreadable_until[uuid] = self.clock() + UNREADABLE_RETRY_SECONDS
+            return None
+        self.unreadable_until.pop(uuid, None)
         registration = Registration(uuid, record.get("ip") or None, record.get("ekcert") or None)
         self.registrations[uuid] = registration
         self.aik[uuid] = record["aik_tpm"]

@@ -157,3 +157,23 @@ def test_an_api_server_that_fails_once_is_retried_after_a_backoff_and_one_that_s
         assert slept == [0.1, 0.2]
     finally:
         fake.close()
+
+
+def test_registrations_that_never_activate_cost_a_read_once_not_every_pass():
+    keylime, fakes, controller = fleet(20, 1)
+    try:
+        for index in range(500):
+            keylime.registered[f"ff{index:062x}"] = None  # listed, but the registrar shows it to no one (404)
+        now = [1000.0]
+        controller.clock = lambda: now[0]
+        controller.reconcile()
+        assert keylime.calls["registrar get"] == 500
+        keylime.calls.clear()
+        controller.reconcile()
+        assert keylime.calls == Counter({"registrar list": 1, "verifier bulk": 1})
+        now[0] += 61
+        controller.reconcile()
+        assert keylime.calls["registrar get"] == 500  # looked at again after a while
+    finally:
+        for fake in fakes:
+            fake.close()
