@@ -19,8 +19,9 @@ from .keylime import Registrar, Unavailable, Verifier
 from .kube import Cluster, Unreachable
 
 log = logging.getLogger("keylime-controller")
-# An agent activates within a second of registering; one still not activated is looked at again this much later.
-UNREADABLE_RETRY_SECONDS = 60.0
+# An agent activates within a second of registering: a registration still not activated is looked at again after
+# 5 s (a pass may fall between registration and activation), then after twice as long each time, up to 5 minutes.
+UNREADABLE_FIRST_RETRY, UNREADABLE_LAST_RETRY = 5.0, 300.0
 
 
 @dataclasses.dataclass
@@ -43,7 +44,7 @@ class Controller:
         self.aik: dict[str, str] = {}
         # Registrations the registrar lists but will not show (not activated, 404): asked again only after a while,
         # so that a heap of never-activated registrations cannot make every pass cost a call each.
-        self.unreadable_until: dict[str, float] = {}
+        self.unreadable_until: dict[str, tuple[float, float]] = {}
         self.clock = time.monotonic
         self.last: Outcome | None = None
 
@@ -68,7 +69,7 @@ class Controller:
             placed = {uuid for uuid, record in (verifier or {}).items() if '"address"' in str(record.get("meta_data") or "")}
             now = self.clock()
             for uuid in sorted(registered - placed - set(self.registrations)):
-                if self.unreadable_until.get(uuid, 0) <= now:
+                if self.unreadable_until.get(uuid, (0.0, 0.0))[0] <= now:
                     self._read_registration(uuid, errors)
         pods: dict[str, tuple | None] = {}
         nodes: dict[str, dict] = {}
@@ -88,7 +89,9 @@ class Controller:
             errors.append(f"registrar: {error}")
             return None
         if record is None:
-            self.unreadable_until[uuid] = self.clock() + UNREADABLE_RETRY_SECONDS
+            previous = self.unreadable_until.get(uuid, (0.0, UNREADABLE_FIRST_RETRY / 2))[1]
+            delay = min(previous * 2, UNREADABLE_LAST_RETRY)
+            self.unreadable_until[uuid] = (self.clock() + delay, delay)
             return None
         self.unreadable_until.pop(uuid, None)
         registration = Registration(uuid, record.get("ip") or None, record.get("ekcert") or None)
