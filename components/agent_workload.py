@@ -40,6 +40,10 @@ AGENT_CONFIG = "keylime-agent-config"
 CA_SECRET = "keylime-ca"
 LABELS = {"app.kubernetes.io/name": "keylime-agent"}
 NO_PROBE = "the push agent opens no port (it only dials out); a crash restarts the container"
+# What the attestation controller (controller/kube.py) taints a node with when its agent fails or stops attesting.
+# The agent, and what it needs on the node, must still run there: only they can win the node's trust back.
+UNTRUSTED_TAINT = "attestation.keylime.dev/untrusted"
+TOLERATE_UNTRUSTED = {"key": UNTRUSTED_TAINT, "operator": "Exists"}
 
 
 class AgentHost(Protocol):
@@ -64,9 +68,12 @@ class AgentPodArgs:
     """The CA the agent trusts the registrar and the verifier by."""
 
 
-def agent_env(tpm: TpmAccess) -> list[dict[str, str]]:
+def agent_env(tpm: TpmAccess) -> list[dict[str, Any]]:
     """The agent's environment; everything else it reads comes from agent.conf."""
     return [
+        # Sent with the registration (the registrar keeps it as the agent's `ip`): the node's address, which the
+        # attestation controller maps to the node the agent runs on. The agent needs no API credentials for it.
+        {"name": "KEYLIME_AGENT_CONTACT_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
         {"name": "KEYLIME_AGENT_CONFIG", "value": f"{keylime_conf.CONF_DIR}/agent.conf"},
         {"name": "TCTI", "value": TCTI[tpm]},
         # The image's default run_as ("keylime:tss") would try to drop root privileges the pod never grants.
@@ -172,6 +179,7 @@ def declare_agent_workload(
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
         "securityContext": pod_security_context(uid, gid),
+        "tolerations": [TOLERATE_UNTRUSTED],
         "volumes": volumes,
     }
     if tpm == "swtpm":

@@ -13,7 +13,7 @@ import pulumi_libvirt as libvirt
 import pulumi_tls as tls
 
 from components import cloud_init
-from components.agent_workload import TPM_DEVICE, AgentPodArgs, declare_agent_workload
+from components.agent_workload import TOLERATE_UNTRUSTED, TPM_DEVICE, AgentPodArgs, declare_agent_workload
 from components.providers import cluster_provider
 from components.pod_security import checkov_waivers, resources
 
@@ -187,7 +187,7 @@ class VtpmVm(pulumi.ComponentResource):
                     "spec": {
                         "priorityClassName": "system-node-critical",
                         "automountServiceAccountToken": False,
-                        "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
+                        "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}, TOLERATE_UNTRUSTED],
                         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                         "containers": [
                             {

@@ -106,6 +106,27 @@ def test_agent_pods_take_no_service_links_and_no_api_token(swtpm):
         assert spec["automountServiceAccountToken"] is False
 
 
+@pytest.mark.parametrize("stack", ["swtpm", "hwtpm"])
+def test_the_agent_registers_its_nodes_address_and_runs_on_a_node_the_controller_gated(run, stack):
+    from controller.kube import TAINT_KEY
+
+    for daemon_set in agent_daemon_sets(run(stack)):
+        if daemon_set.plain["metadata"]["name"] != "keylime-agent":
+            continue
+        spec = pod_spec(daemon_set)
+        (agent,) = [c for c in spec["containers"] if c["name"] == "agent"]
+        (contact,) = [e for e in agent["env"] if e["name"] == "KEYLIME_AGENT_CONTACT_IP"]
+        assert contact == {"name": "KEYLIME_AGENT_CONTACT_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}
+        assert {"key": TAINT_KEY, "operator": "Exists"} in spec["tolerations"]
+
+
+def test_the_device_plugin_runs_on_a_node_the_controller_gated(hwtpm):
+    from controller.kube import TAINT_KEY
+
+    (plugin,) = [d for d in kube_objects(hwtpm, "DaemonSet", "vm") if d.plain["metadata"]["name"] == "generic-device-plugin"]
+    assert {"key": TAINT_KEY, "operator": "Exists"} in pod_spec(plugin)["tolerations"]
+
+
 # --- AgentCluster alone, from its Args -------------------------------------------------------------
 
 ALONE_AGENT_CONF = '[agent]\nuuid = "alone"\n'

@@ -221,3 +221,40 @@ def test_the_kubeconfig_reaches_kubectl_only_through_a_private_temporary_file(fa
 
 def test_bad_usage_exits_2(fakes):
     assert fakes.run([str(ENROLL), "enrol"]).returncode == 2
+
+
+def test_add_re_enrolls_exactly_the_agents_on_another_policy_and_leaves_the_rest(fakes):
+    new_policy = json.dumps({"8": "1" * 64})
+    fakes.set(registered=[AGENT_A, AGENT_B], enrolled={
+        AGENT_A: {"policy": json.dumps({"8": ZEROS}), "attestation_count": 1, "attestation_status": "PASS"},
+        AGENT_B: {"policy": json.dumps({"8": ["1" * 64], "mask": "0x100"}), "attestation_count": 1,
+                  "attestation_status": "PASS"}})
+    result = enroll(fakes, "add", policy=new_policy)
+    assert result.returncode == 0, result.stderr
+    assert f"re-enrolling {AGENT_A}" in result.stderr and f"{AGENT_B} is already enrolled with this TPM policy" in result.stderr
+    assert [agent for agent, _ in fakes.model()["adds"]] == [AGENT_A]
+
+
+def test_verify_does_not_accept_an_agent_that_stopped_attesting(fakes):
+    fakes.set(registered=[AGENT_A])
+    enroll(fakes, "add", expected=1)
+    assert enroll(fakes, "verify", expected=1).returncode == 0
+    fakes.set(stopped=[AGENT_A])
+    result = enroll(fakes, "verify", expected=1)
+    assert result.returncode == 1
+    assert f"agent {AGENT_A}: attestation TIMEOUT: no evidence within 10s" in result.stderr
+
+
+def test_verify_names_a_registered_agent_that_is_not_enrolled(fakes):
+    fakes.set(registered=[AGENT_A])
+    enroll(fakes, "add", expected=1)
+    fakes.set(registered=[AGENT_A, AGENT_B])
+    result = enroll(fakes, "verify", expected=1)
+    assert result.returncode == 1 and f"agent {AGENT_B}: registered, not enrolled" in result.stderr
+
+
+def test_verify_does_not_accept_an_agent_left_on_an_old_policy(fakes):
+    fakes.set(registered=[AGENT_A], pcrs={"8": ZEROS, "9": ZEROS})
+    enroll(fakes, "add", expected=1)
+    result = enroll(fakes, "verify", expected=1, policy=json.dumps({"8": ZEROS, "9": ZEROS}))
+    assert result.returncode == 1 and f"agent {AGENT_A}: enrolled with another TPM policy" in result.stderr

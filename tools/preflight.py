@@ -55,7 +55,8 @@ def preflight(lab: Lab) -> dict:
     except ProtocolError as error:
         raise Failed(f"the verifier refused the agent: {error}") from None
     step("attestation", f"{len(outcomes)} quotes of PCRs {outcomes[0].selected_pcrs} taken for verification", started)
-    verified = lab.run_declared("enrollment-verify", WAIT_SECONDS="20")
+    with lab.push_client(agent).attesting():  # the agent lives on while verify checks it
+        verified = lab.run_declared("enrollment-verify", WAIT_SECONDS="20")
     if verified.returncode != 0:
         raise Failed(verified.stderr.strip())
     (summary,) = json.loads(verified.stdout)["agents"]

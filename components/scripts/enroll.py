@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """Enroll, re-enroll, remove and verify push-model agents through the keylime tenant.
 
-    enroll.py add      wait (bounded) for EXPECTED_AGENTS registrations, enroll each one not yet enrolled
-    enroll.py update   wait likewise, then re-enroll every registered agent with the current TPM_POLICY
+    enroll.py add      wait (bounded) for EXPECTED_AGENTS registrations, enroll each one not yet enrolled,
+                       and re-enroll each one enrolled with another TPM policy than TPM_POLICY
+    enroll.py update   the same (what a changed TPM_POLICY runs)
     enroll.py delete   remove every agent from the verifier; succeeds when the infra cluster is gone
-    enroll.py verify   wait (bounded) until every enrolled agent has attested at least once
+    enroll.py verify   wait (bounded) until every registered agent is enrolled with TPM_POLICY and PASS
+
+Which agents need (re-)enrolling and what counts as attested are decided by controller/enrollment.py, the
+module the attestation controller decides with, so the two never disagree. The controller also removes
+registrations of agents that do not run; this script cannot see the agent clusters and never removes any.
 
 Environment: TPM_POLICY (JSON), EXPECTED_AGENTS, WAIT_SECONDS (default 300), POLL_SECONDS (default 5),
 KUBE_SH (default: kube.sh beside this file) and what kube.sh reads (KUBECONFIG_DATA).
@@ -22,6 +27,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+# controller/ sits at the project's root, two levels up; the Command runs this file by path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from controller.enrollment import FAIL, PolicyError, changes, enrollable_policy, verdict  # noqa: E402
 
 # Registrar and verifier IDs: standard UUIDs, or 64-hex SHA-256 digests of the EK (uuid = "hash_ek").
 AGENT_ID = re.compile(r"\b(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{64})\b")
@@ -123,9 +132,8 @@ def wait_for_registrations(expected: int, wait: float, poll: float) -> list[str]
 def policy() -> str:
     value = os.environ.get("TPM_POLICY", "")
     try:
-        if not json.loads(value):
-            raise ValueError
-    except ValueError:
+        enrollable_policy(value)
+    except (ValueError, PolicyError):
         raise SystemExit("enroll.py: TPM_POLICY must be a non-empty JSON object (an empty policy never attests)") from None
     return value
 
@@ -137,23 +145,16 @@ def enroll(agent: str, tpm_policy: str, replace: bool = False) -> None:
 
 
 def add() -> dict[str, object]:
+    """Enroll the registered agents not enrolled, re-enroll those on another policy (create and update alike)."""
     tpm_policy = policy()
     agents = wait_for_registrations(*settings())
-    already = set(enrolled())
+    stored = {agent: status(agent).get("tpm_policy") for agent in enrolled()}
+    todo = changes(agents, stored, tpm_policy)
     for agent in agents:
-        if agent in already:
-            log(f"{agent} is already enrolled")
+        if agent in todo.enroll or agent in todo.re_enroll:
+            enroll(agent, tpm_policy, replace=agent in todo.re_enroll)
         else:
-            enroll(agent, tpm_policy)
-    return {"enrolled": agents}
-
-
-def update() -> dict[str, object]:
-    tpm_policy = policy()
-    agents = wait_for_registrations(*settings())
-    already = set(enrolled())
-    for agent in agents:
-        enroll(agent, tpm_policy, replace=agent in already)
+            log(f"{agent} is already enrolled with this TPM policy")
     return {"enrolled": agents}
 
 
@@ -183,16 +184,20 @@ def failure_reason(agent: str) -> str:
 
 
 def verify() -> dict[str, object]:
+    """Only PASS is accepted: FAIL at once, and TIMEOUT, PENDING, an old policy or a registered agent that is not
+    enrolled once the wait is over, each named with its reason."""
     expected, wait, poll = settings()
+    tpm_policy = policy()
     deadline = time.monotonic() + wait
     while True:
         agents = enrolled()
         states = {agent: status(agent) for agent in agents}
-        failed = [agent for agent, state in states.items() if state.get("attestation_status") == "FAIL"]
+        failed = [agent for agent, state in states.items() if state.get("attestation_status") == FAIL]
         if failed:
             raise Failure("\n".join(f"agent {agent}: attestation FAIL, {failure_reason(agent)}" for agent in failed))
-        pending = [agent for agent, state in states.items() if not int(state.get("attestation_count") or 0) > 0]
-        if len(agents) >= expected and not pending:
+        problems = {agent: reason for agent in agents if (reason := verdict(states[agent], tpm_policy)) is not None}
+        problems.update({agent: "registered, not enrolled" for agent in registered() if agent not in states})
+        if len(agents) >= expected and not problems:
             return {
                 "agents": [
                     {
@@ -204,15 +209,15 @@ def verify() -> dict[str, object]:
                 ]
             }
         if time.monotonic() >= deadline:
-            problems = [f"agent {a}: enrolled, not attested yet ({states[a].get('attestation_status')})" for a in pending]
+            lines = [f"agent {agent}: {reason}" for agent, reason in sorted(problems.items())]
             if len(agents) < expected:
-                problems.append(f"only {len(agents)} of {expected} agents are enrolled")
-            raise Failure(f"not every agent attested within {wait:.0f} s:\n" + "\n".join(problems))
-        log(f"{len(agents) - len(pending)} of {expected} agents attested; waiting")
+                lines.append(f"only {len(agents)} of {expected} agents are enrolled")
+            raise Failure(f"not every agent is PASS after {wait:.0f} s:\n" + "\n".join(lines))
+        log(f"{len(agents) - len(problems)} of {expected} agents PASS; waiting")
         time.sleep(poll)
 
 
-ACTIONS = {"add": add, "update": update, "delete": delete, "verify": verify}
+ACTIONS = {"add": add, "update": add, "delete": delete, "verify": verify}
 
 
 def main(argv: list[str]) -> int:

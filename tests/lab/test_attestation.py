@@ -41,9 +41,11 @@ def verify(kubectl_env, verify_command: dict, wait: str = "20"):
 
 def test_an_enrolled_agent_attests_and_verify_reports_pass(lab, kubectl_env, registered_agent):
     verify_command = enroll(kubectl_env)
-    outcomes = lab.push_client(registered_agent).attest_times(2)
+    client = lab.push_client(registered_agent)
+    outcomes = client.attest_times(2)
     assert [o.selected_pcrs for o in outcomes] == [[8], [8]]  # exactly the PCRs the policy names
-    result = verify(kubectl_env, verify_command)
+    with client.attesting():
+        result = verify(kubectl_env, verify_command)
     assert result.returncode == 0, result.stderr
     (summary,) = json.loads(result.stdout)["agents"]
     assert summary["uuid"] == registered_agent.uuid
@@ -76,7 +78,8 @@ def test_a_pcr_extended_after_a_pass_fails_the_next_attestation(lab, kubectl_env
     verify_command = enroll(kubectl_env)
     client = lab.push_client(registered_agent)
     client.attest_times(1)
-    assert verify(kubectl_env, verify_command).returncode == 0
+    with client.attesting():
+        assert verify(kubectl_env, verify_command).returncode == 0
     registered_agent.extend_pcr(8, "ee" * 32)
     client.attest_times(1)
     result = verify(kubectl_env, verify_command)
@@ -93,8 +96,10 @@ def test_correcting_the_policy_re_enrolls_through_the_update_path_and_the_agent_
     corrected, corrected_verify = declared({"8": registered_agent.pcr(8)})
     result = run_enroll(kubectl_env, corrected["update"], corrected["environment"])
     assert result.returncode == 0 and f"re-enrolling {registered_agent.uuid}" in result.stderr
-    lab.push_client(registered_agent).attest_times(1)
-    passed = verify(kubectl_env, corrected_verify)
+    client = lab.push_client(registered_agent)
+    client.attest_times(1)
+    with client.attesting():
+        passed = verify(kubectl_env, corrected_verify)
     assert passed.returncode == 0, passed.stderr
     assert json.loads(passed.stdout)["agents"][0]["attestation_status"] == "PASS"
 

@@ -214,8 +214,9 @@ class EmulatedAgent:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"{}")
 
-    def register(self, registrar: str) -> None:
-        """Register at `registrar` (http://host:port) and prove the AK sits beside the EK (activation)."""
+    def register(self, registrar: str, contact_ip: str | None = None) -> None:
+        """Register at `registrar` (http://host:port) and prove the AK sits beside the EK (activation).
+        `contact_ip` is what the push agent sends from its contact_ip setting (KEYLIME_AGENT_CONTACT_IP)."""
         status, version = self.http("GET", f"{registrar}/version")
         if status != 200:
             raise RuntimeError(f"GET /version answered {status}: {version}")
@@ -224,6 +225,7 @@ class EmulatedAgent:
             "ek_tpm": self.file_b64("ek.pub"),
             "ekcert": base64.b64encode(self.ek_cert).decode() if self.ek_cert else None,
             "aik_tpm": self.file_b64("ak.pub"),
+            **({"ip": contact_ip} if contact_ip else {}),
         }
         status, answer = self.http("POST", base, body)
         if status != 200:

@@ -95,7 +95,16 @@ class Pod:
         return Path(translated)
 
     def declared_env(self, container: str) -> dict[str, str]:
-        return {item["name"]: item["value"] for item in self.container(container).get("env", [])}
+        """Literal values as declared; downward-API fields as the kubelet fills them on the lab's one node."""
+        return {item["name"]: item["value"] if "value" in item else self.field(item["valueFrom"])
+                for item in self.container(container).get("env", [])}
+
+    @staticmethod
+    def field(source: dict[str, Any]) -> str:
+        path = source.get("fieldRef", {}).get("fieldPath")
+        if path != "status.hostIP":
+            raise NotImplementedError(f"the lab fills no environment from {source}")
+        return "127.0.0.1"
 
     def env(self, container: str) -> dict[str, str]:
         """The container's declared environment, its paths translated."""

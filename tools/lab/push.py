@@ -13,6 +13,7 @@ documented in shared/reference/push-protocol.md, as verified against keylime 7.1
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import http.client
@@ -21,9 +22,10 @@ import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 JSON_API = "application/vnd.api+json"
@@ -245,6 +247,32 @@ class PushClient:
                 raise TimeoutError(f"{len(accepted)} of {count} attestations accepted within {timeout:.0f} s")
             time.sleep(outcome.seconds_to_next)
         return accepted
+
+    @contextlib.contextmanager
+    def attesting(self) -> Iterator[None]:
+        """Attest at the verifier's pace in the background while the block runs, as a live agent does: a check that
+        takes longer than the verifier's timeout (5 x quote_interval) must still find the agent PASS, not TIMEOUT."""
+        stop = threading.Event()
+        errors: list[Exception] = []
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    outcome = self.attest()
+                except Exception as error:  # noqa: BLE001 - reported when the block ends
+                    errors.append(error)
+                    return
+                stop.wait(outcome.seconds_to_next)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+        if errors:
+            raise errors[0]
 
     def attest(self) -> Outcome:
         if self.token is None:

@@ -186,9 +186,14 @@ class Lab:
         """The CA file the push agent verifies the verifier with (agent.conf's verifier_tls_ca_cert, in its pod)."""
         return self.agent_pod.path(self.agent_pod.spec["containers"][0]["name"], self.agent_conf["verifier_tls_ca_cert"])
 
-    def new_agent(self, name: str) -> EmulatedAgent:
-        """A fresh agent pod's TPM, initialised and served as declared, with an EK and an AK in it."""
-        emulated = EmulatedAgent(self.agent_pod, self.root / "agents" / name)
+    def new_agent(self, name: str, own_pod: bool = False) -> EmulatedAgent:
+        """A fresh agent pod's TPM, initialised and served as declared, with an EK and an AK in it.
+        `own_pod`: in a pod of its own (its own TPM state and EK-signing CA), as on another node."""
+        pod = self.agent_pod
+        if own_pod:
+            pod = Pod(self.root / "agents" / name / "pod", self.agent_cluster,
+                      self.agent_cluster.pod_spec("DaemonSet", "keylime-agent"), self.pki.real)
+        emulated = EmulatedAgent(pod, self.root / "agents" / name)
         self._stops.append(emulated.stop)
         emulated.start()
         emulated.create_identity()
