@@ -35,7 +35,31 @@ TPM_HASH_ALG, TPM_ENCRYPTION_ALG, TPM_SIGNING_ALG = "sha256", "rsa", "rsassa"
 # One verifier sustains about 23 verified attestations/s on 2 cores; keep the load under ~15/s.
 SUSTAINED_ATTESTATIONS_PER_SECOND = 15
 DEFAULT_QUOTE_INTERVAL = 2
+
+# keylime 7.14.3 refuses a new PoP session (POST /v3.0/sessions, 429) beyond SESSIONS_PER_AGENT per agent
+# or DEFAULT_SESSIONS_PER_IP per source address within SESSION_WINDOW seconds, then blocks that agent or
+# address for 60 s, doubling on every repeat up to 1 h, for as long as the verifier runs
+# (keylime/web/verifier/session_controller.py, keylime/models/verifier/rate_limiter.py; defaults in
+# templates/2.6/verifier.j2). The per-agent limit stays at keylime's default.
+SESSION_WINDOW = 60
+SESSIONS_PER_AGENT = 15
 DEFAULT_SESSIONS_PER_IP = 50
+
+# Until an agent is enrolled every login fails. keylime_push_model_agent 0.2.9 then makes LOGIN_ATTEMPTS
+# attempts LOGIN_RETRY_DELAY seconds apart (rust-keylime keylime/src/auth.rs `authenticate`, with
+# DEFAULT_AUTH_MAX_RETRIES from keylime/src/config/base.rs; no config key changes either), gives up the
+# attestation and tries again after attestation_interval_seconds
+# (keylime-push-model-agent/src/state_machine.rs, State::AttestationFailed).
+LOGIN_ATTEMPTS = 3
+LOGIN_RETRY_DELAY = 1
+# Every login costs the verifier a 600,000-round PBKDF2 of the new session's token, enrolled agent or not
+# (keylime/crypto.py hash_token_for_storage, from AuthSession.create_in_memory on POST /v3.0/sessions):
+# 0.09-0.11 s of CPU in the lab, as much as an attestation or more. Agents waiting for enrollment may keep
+# at most WAITING_LOGINS_CPU of the verifier's one CPU (its limit) busy: enrollment itself (the tenant's
+# calls, the first attestations) queues behind their logins.
+LOGIN_CPU_SECONDS = 0.11
+WAITING_LOGINS_CPU = 0.4
+SUSTAINED_LOGINS_PER_SECOND = WAITING_LOGINS_CPU / LOGIN_CPU_SECONDS
 
 
 def agent_count(settings: Settings) -> int:
@@ -48,13 +72,54 @@ def quote_interval(settings: Settings) -> int:
     return max(DEFAULT_QUOTE_INTERVAL, math.ceil(agent_count(settings) / SUSTAINED_ATTESTATIONS_PER_SECOND))
 
 
+def login_round_seconds(retry_seconds: int) -> int:
+    """From one round of logins to the next, for an agent waiting for enrollment (at the least: each
+    attempt takes time too)."""
+    return retry_seconds + (LOGIN_ATTEMPTS - 1) * LOGIN_RETRY_DELAY
+
+
+def logins_per_window(retry_seconds: int) -> int:
+    """The most sessions an agent waiting for enrollment opens within one SESSION_WINDOW.
+
+    Attempts are counted at their earliest, and one exactly on the window's edge counts as inside, so no
+    timing margin is relied on.
+    """
+    def at(attempt: int) -> int:
+        return attempt // LOGIN_ATTEMPTS * login_round_seconds(retry_seconds) + attempt % LOGIN_ATTEMPTS * LOGIN_RETRY_DELAY
+
+    # The schedule repeats every LOGIN_ATTEMPTS attempts, so windows opening on the first round are all there is.
+    most = 0
+    for first in range(LOGIN_ATTEMPTS):
+        last = first
+        while at(last + 1) - at(first) <= SESSION_WINDOW:
+            last += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def login_retry_seconds(settings: Settings) -> int:
+    """The agent's attestation_interval_seconds: the shortest wait after a failed round of logins that keeps
+    each agent waiting for enrollment within the verifier's per-agent session limit, and all of them within
+    SUSTAINED_LOGINS_PER_SECOND.
+
+    An agent enrolled while it waits attests at most one round later; from then on it follows the
+    verifier's `seconds_to_next_attestation` (quote_interval), and this is only its wait after a failure.
+    """
+    agents = agent_count(settings)
+    seconds = 1
+    while (logins_per_window(seconds) > SESSIONS_PER_AGENT
+           or agents * LOGIN_ATTEMPTS / login_round_seconds(seconds) > SUSTAINED_LOGINS_PER_SECOND):
+        seconds += 1
+    return seconds
+
+
 def sessions_per_ip(settings: Settings) -> int:
     """All agents reach the verifier through one NodePort, so they share one source IP (SNAT).
 
-    keylime's default of 50 new sessions per IP and minute, with escalating blocks, would lock the
-    whole fleet out when many agents (re)start together.
+    Each may use its whole per-agent allowance in the same window, so the shared address is never blocked
+    where no single agent would be (agents waiting for enrollment use less: login_retry_seconds).
     """
-    return max(DEFAULT_SESSIONS_PER_IP, 4 * agent_count(settings))
+    return max(DEFAULT_SESSIONS_PER_IP, SESSIONS_PER_AGENT * agent_count(settings))
 
 
 def _py(value: object) -> str:
@@ -164,9 +229,9 @@ def verifier_conf(settings: Settings) -> str:
                 "challenge_lifetime": 1800,
                 "verification_timeout": 0,
                 "session_create_rate_limit_per_ip": sessions_per_ip(settings),
-                "session_create_rate_limit_window_ip": 60,
-                "session_create_rate_limit_per_agent": 15,
-                "session_create_rate_limit_window_agent": 60,
+                "session_create_rate_limit_window_ip": SESSION_WINDOW,
+                "session_create_rate_limit_per_agent": SESSIONS_PER_AGENT,
+                "session_create_rate_limit_window_agent": SESSION_WINDOW,
                 "session_lifetime": 180,
                 "extend_token_on_attestation": True,
                 "auto_recover_attestation_failures": False,
@@ -236,7 +301,9 @@ def agent_conf(settings: Settings) -> str:
         "keylime_dir": AGENT_KEYLIME_DIR,
         # Kubernetes already runs the agent as its own user; run_as would try to drop root it never had.
         "run_as": "",
-        "attestation_interval_seconds": quote_interval(settings),
+        # Not the attestation cadence (the verifier's quote_interval sets that) but the wait after a failure,
+        # which before enrollment paces the agent's logins.
+        "attestation_interval_seconds": login_retry_seconds(settings),
         "tpm_hash_alg": TPM_HASH_ALG,
         "tpm_encryption_alg": TPM_ENCRYPTION_ALG,
         "tpm_signing_alg": TPM_SIGNING_ALG,

@@ -16,16 +16,21 @@ from tools.lab.session import Lab, LabUnavailable
 STACK = "swtpm"
 
 
-@pytest.fixture(scope="session")
-def lab() -> Lab:
+def open_lab(**options) -> Lab:
+    """A Lab for the swtpm stack (`options` as Lab takes them), or the test fails saying what is missing."""
     value = os.environ.get("LAB_BIN")
     if not value:
         pytest.fail("LAB_BIN is not set: run the tests with `make test`, which builds ./venv-lab from "
                     "requirements-lab.txt and passes LAB_BIN=$(CURDIR)/venv-lab/bin", pytrace=False)
     try:
-        session = Lab(STACK, Path(value))
+        return Lab(STACK, Path(value), **options)
     except LabUnavailable as missing:
         pytest.fail(str(missing), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    session = open_lab()
     yield session
     session.close()
 

@@ -52,9 +52,7 @@ def admin_get(port: int, context: ssl.SSLContext, name: str = "127.0.0.1") -> in
 
 def client_tls_files(infra, component: str) -> tuple[Path, Path, Path]:
     """(CA, client certificate, client key) a component's config makes it use as a TLS client."""
-    tls_dir = Path(infra.option(component, "tls_dir"))
-    ca = json.loads(infra.option(component, "trusted_server_ca"))[0]
-    return tls_dir / ca, tls_dir / infra.option(component, "client_cert"), tls_dir / infra.option(component, "client_key")
+    return infra.client_tls_files(component)
 
 
 def logged_json(output: str, marker: str) -> dict:

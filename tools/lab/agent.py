@@ -150,10 +150,11 @@ class EmulatedAgent:
             self.log.close()
             self.log = None
 
-    def tpm(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        """Run one tpm2-tools command in the work directory, then flush transient objects (swtpm has no resource manager)."""
+    def tpm(self, *argv: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        """Run one tpm2-tools command in the work directory (or `cwd`), then flush transient objects (swtpm
+        has no resource manager)."""
         env = {**os.environ, "TPM2TOOLS_TCTI": self.tcti}
-        result = subprocess.run(list(argv), env=env, cwd=self.workdir, capture_output=True, text=True,
+        result = subprocess.run(list(argv), env=env, cwd=cwd or self.workdir, capture_output=True, text=True,
                                 timeout=TPM_TIMEOUT, check=False)
         subprocess.run(["tpm2_flushcontext", "-t"], env=env, capture_output=True, timeout=TPM_TIMEOUT, check=False)
         if check and result.returncode != 0:
@@ -214,13 +215,17 @@ class EmulatedAgent:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"{}")
 
-    def register(self, registrar: str, contact_ip: str | None = None) -> None:
+    def register(self, registrar: str, contact_ip: str | None = None, uuid: str | None = None) -> None:
         """Register at `registrar` (http://host:port) and prove the AK sits beside the EK (activation).
-        `contact_ip` is what the push agent sends from its contact_ip setting (KEYLIME_AGENT_CONTACT_IP)."""
+        `contact_ip` is what the push agent sends from its contact_ip setting (KEYLIME_AGENT_CONTACT_IP).
+
+        With `uuid`, registers that agent ID instead of the hash_ek one: another agent on the same EK and AK
+        (the registrar accepts that), as tools/lab/fleet.py does to run many agents on few TPMs."""
         status, version = self.http("GET", f"{registrar}/version")
         if status != 200:
             raise RuntimeError(f"GET /version answered {status}: {version}")
-        base = f"{registrar}/v{version['results']['current_version']}/agents/{self.uuid}"
+        agent_id = uuid or self.uuid
+        base = f"{registrar}/v{version['results']['current_version']}/agents/{agent_id}"
         body = {
             "ek_tpm": self.file_b64("ek.pub"),
             "ekcert": base64.b64encode(self.ek_cert).decode() if self.ek_cert else None,
@@ -238,8 +243,8 @@ class EmulatedAgent:
                  "-o", "credential.secret", "-P", "session:session.ctx")
         self.tpm("tpm2_flushcontext", "session.ctx", check=False)
         secret = (self.workdir / "credential.secret").read_bytes()
-        auth_tag = hmac.new(base64.b64encode(secret), self.uuid.encode(), hashlib.sha384).hexdigest()
+        auth_tag = hmac.new(base64.b64encode(secret), agent_id.encode(), hashlib.sha384).hexdigest()
         status, answer = self.http("PUT", base, {"auth_tag": auth_tag})
         if status != 200:
             raise RuntimeError(f"activation answered {status}: {answer}")
-        self.registered = True
+        self.registered = self.registered or agent_id == self.uuid

@@ -4,6 +4,7 @@
     client.authenticate()             # PoP: TPM2_Certify of the AK over the verifier's challenge
     client.attest()                   # negotiate, quote the selected PCRs, submit the evidence
     client.attest_times(2)            # ...at the pace the verifier asks for (seconds_to_next, Retry-After)
+    PushAgent(client, retry_seconds, journal).run(stop)   # the agent's whole schedule, logins included
 
 `tpm` runs one tpm2-tools command in `workdir` (where tpm2_createak left ak.pub, a TPM2B_PUBLIC, and
 ak.name); `tpm_send` sends one raw command to the TPM and returns its response. The wire format is
@@ -39,16 +40,28 @@ TPM_RC_YIELDED = 0x908
 TPM_RC_TESTING = 0x90A
 
 
+# keylime_push_model_agent 0.2.9 logs in with up to 3 attempts 1 s apart (rust-keylime keylime/src/auth.rs
+# `authenticate`, DEFAULT_AUTH_MAX_RETRIES in keylime/src/config/base.rs). Written out here rather than
+# taken from the program (components/keylime_conf.py sizes the verifier on the same facts): the emulated
+# agent must not change when the program's assumptions do.
+LOGIN_ATTEMPTS = 3
+LOGIN_RETRY_DELAY = 1.0
+# The agent gives every request 5 s (DEFAULT_AUTH_TIMEOUT_MS for logins, the --timeout default of
+# keylime-push-model-agent/src/main.rs for the rest); a request that takes longer fails.
+AGENT_TIMEOUT = 5.0
+HTTP_TIMEOUT = 30.0
+
+
 class ProtocolError(RuntimeError):
-    def __init__(self, step: str, status: int, body: Any):
-        self.step, self.status, self.body = step, status, body
+    def __init__(self, step: str, status: int, body: Any, retry_after: float | None = None):
+        self.step, self.status, self.body, self.retry_after = step, status, body, retry_after
         super().__init__(f"{step}: HTTP {status}: {body}")
 
 
 class PinnedHTTPSConnection(http.client.HTTPSConnection):
     """HTTPS to `address`, verifying the certificate as `host` (the name the agent's config uses)."""
 
-    def __init__(self, host: str, port: int, address: str, context: ssl.SSLContext, timeout: float = 30):
+    def __init__(self, host: str, port: int, address: str, context: ssl.SSLContext, timeout: float = HTTP_TIMEOUT):
         super().__init__(host, port, context=context, timeout=timeout)
         self._address = address
 
@@ -131,11 +144,12 @@ class PushClient:
         self.ak_handle = ak_handle
         self.tpm_send = tpm_send
         self.token: str | None = None
+        self.timeout = HTTP_TIMEOUT
 
     # --- transport ---------------------------------------------------------------------------
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, auth: bool = True) -> tuple[int, dict, dict]:
-        connection = PinnedHTTPSConnection(self.host, self.port, self.connect_to, self.context)
+        connection = PinnedHTTPSConnection(self.host, self.port, self.connect_to, self.context, self.timeout)
         headers = {"Content-Type": JSON_API, "Accept": JSON_API}
         if auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -161,13 +175,14 @@ class PushClient:
 
     def authenticate(self, tamper_challenge: bool = False) -> str:
         pop = {"authentication_class": "pop", "authentication_type": "tpm_pop"}
-        status, _, answer = self.request(
+        status, headers, answer = self.request(
             "POST", "/sessions",
             {"data": {"type": "session", "attributes": {"agent_id": self.uuid, "authentication_supported": [pop]}}},
             auth=False,
         )
         if status not in (200, 201):
-            raise ProtocolError("POST /sessions", status, answer)
+            retry_after = headers.get("Retry-After")
+            raise ProtocolError("POST /sessions", status, answer, float(retry_after) if retry_after else None)
         session_id = answer["data"]["id"]
         requested = answer["data"]["attributes"]["authentication_requested"][0]
         challenge = base64.b64decode(requested["chosen_parameters"]["challenge"])
@@ -300,3 +315,117 @@ class PushClient:
             raise ProtocolError("PATCH attestations/latest", status, answer)
         seconds = answer.get("meta", {}).get("seconds_to_next_attestation")
         return Outcome(selected, float(seconds) if seconds is not None else 2.0, status)
+
+
+# --- the agent's schedule ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One request of an agent, as the journal keeps it."""
+
+    agent: str
+    kind: str
+    """"session" (one login attempt: POST /sessions, then the proof of possession) or "attestation"."""
+    at: float
+    """time.monotonic() when it was sent."""
+    status: int
+    """The HTTP status that ended it (200 for a login the verifier evaluated), 0 if the connection failed."""
+    passed: bool
+    """A token (session) or accepted evidence (attestation)."""
+    retry_after: float | None = None
+
+
+class Journal:
+    """Every request of every agent, in the order they were sent; shared by the agents' threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: list[Request] = []
+
+    def add(self, request: Request) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def requests(self, kind: str | None = None) -> list[Request]:
+        with self._lock:
+            return sorted((r for r in self._requests if kind in (None, r.kind)), key=lambda r: r.at)
+
+
+def most_within(requests: list[Request], seconds: float) -> int:
+    """The most of `requests` that fall within any `seconds`-long window."""
+    times = sorted(r.at for r in requests)
+    most, first = 0, 0
+    for last, at in enumerate(times):
+        while at - times[first] > seconds:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+class PushAgent:
+    """keylime_push_model_agent 0.2.9's state machine around a PushClient, as rust-keylime v0.2.9 has it.
+
+    - Login (keylime/src/auth.rs): up to LOGIN_ATTEMPTS sessions LOGIN_RETRY_DELAY apart. A 429 on
+      POST /sessions is one more failed attempt: the login client has no Retry-After handling.
+    - A failed login fails the attestation before any request is sent (the authentication middleware
+      in keylime/src/resilient_client.rs; reqwest-retry treats a middleware error as fatal), and the
+      state machine (keylime-push-model-agent/src/state_machine.rs) tries again after
+      attestation_interval_seconds: `retry_seconds` here. No other backoff applies.
+    - Once logged in it attests at the verifier's pace (seconds_to_next_attestation); a 429 waits
+      Retry-After (the RetryAfterMiddleware), a 401 drops the token and logs in again at once, any other
+      refusal waits `retry_seconds`. (The agent retries timeouts and 5xx answers of these requests
+      itself first, with the exponential_backoff_* keys; the storm this models happens before that.)
+    - Every request gets AGENT_TIMEOUT; one that takes longer fails.
+    """
+
+    def __init__(self, client: PushClient, retry_seconds: float, journal: Journal, attestations: int | None = None):
+        """`attestations`: stop after that many accepted ones (None: run until stopped)."""
+        self.client, self.retry_seconds, self.journal = client, retry_seconds, journal
+        self.attestations = attestations
+        client.timeout = AGENT_TIMEOUT
+
+    def _record(self, kind: str, sent: float, status: int, passed: bool, retry_after: float | None = None) -> None:
+        self.journal.add(Request(self.client.uuid, kind, sent, status, passed, retry_after))
+
+    def login(self, stop: threading.Event) -> bool:
+        for attempt in range(LOGIN_ATTEMPTS):
+            if attempt and stop.wait(LOGIN_RETRY_DELAY):
+                return False
+            sent = time.monotonic()
+            try:
+                self.client.authenticate()
+            except ProtocolError as refused:
+                self._record("session", sent, refused.status, False, refused.retry_after)
+            except OSError:
+                self._record("session", sent, 0, False)
+            else:
+                self._record("session", sent, 200, True)
+                return True
+        return False
+
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop` is set, or the attestations asked for were accepted."""
+        accepted = 0
+        while not stop.is_set() and accepted != self.attestations:
+            if self.client.token is None and not self.login(stop):
+                stop.wait(self.retry_seconds)
+                continue
+            sent = time.monotonic()
+            try:
+                outcome = self.client.attest()
+            except ProtocolError as refused:
+                self._record("attestation", sent, refused.status, False)
+                if refused.status in (401, 403):
+                    self.client.token = None
+                if refused.status != 401:
+                    stop.wait(self.retry_seconds)
+                continue
+            except OSError:
+                self._record("attestation", sent, 0, False)
+                stop.wait(self.retry_seconds)
+                continue
+            self._record("attestation", sent, outcome.status, outcome.status == 202)
+            accepted += outcome.status == 202
+            if accepted != self.attestations:
+                stop.wait(outcome.seconds_to_next)

@@ -2,9 +2,10 @@
 
 Each server runs from its declared Deployment: its volumes (`pod.Pod`), its environment, its user and
 groups, its config file from the declared ConfigMap. Only what cannot hold outside Kubernetes is
-changed: file paths point into the lab (tls_dir, database_url, tpm_cert_store) and servers listen on
-127.0.0.1. Host names the configs dial (the in-cluster service names) are left as they are: each process
-runs in a private mount namespace whose /etc/hosts resolves them to 127.0.0.1, and whose /run is the lab's.
+changed: file paths point into the lab (tls_dir, database_url, tpm_cert_store) and servers listen on a
+loopback address (127.0.0.1 unless told otherwise). Host names the configs dial (the in-cluster service
+names) are left as they are: each process runs in a private mount namespace whose /etc/hosts resolves them
+to that address, and whose /run is the lab's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -22,13 +24,18 @@ from typing import Any, Callable
 
 from .declared import Cluster
 from .pod import Pod
+from .push import PinnedHTTPSConnection
 
 SERVERS = ("registrar", "verifier")
 COMPONENTS = (*SERVERS, "tenant")
-LISTEN_ADDRESS = "127.0.0.1"
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1"
 START_TIMEOUT = 60
 STOP_TIMEOUT = 15
 TENANT_TIMEOUT = 120
+TENANT_BATCH = Path(__file__).with_name("tenant_batch.py")
+TENANT_BATCH_RESULTS = "tenant_batch results:"
+# The verifier API version keylime_tenant 7.14.3 settles on in push mode (it logs it).
+TENANT_VERIFIER_API = "2.6"
 
 # Stands in for the image's logging.conf: keylime's own log format, on stdout.
 LOGGING_CONF = """\
@@ -127,8 +134,12 @@ def processes_in_group(pgid: int) -> list[int]:
 class KeylimeInfra:
     """Registrar, verifier and tenant as the infra cluster declares them, under `root`."""
 
-    def __init__(self, root: Path, lab_bin: Path, cluster: Cluster, secret_value: Callable[[str], str]):
+    def __init__(self, root: Path, lab_bin: Path, cluster: Cluster, secret_value: Callable[[str], str],
+                 listen_address: str = DEFAULT_LISTEN_ADDRESS):
+        """`listen_address`: another loopback address lets a second set of servers run beside the first."""
         self.root, self.lab_bin, self.cluster = root, lab_bin, cluster
+        self.listen_address = listen_address
+        self.option_overrides: dict[str, dict[str, str]] = {}
         self.pods: dict[str, Pod] = {}
         self.configs: dict[str, Path] = {}
         self.declared_configs: dict[str, str] = {}
@@ -157,7 +168,7 @@ class KeylimeInfra:
             self._rewrite_config(component)
         self.hosts = root / "hosts"
         names = dialed_names(list(self.declared_configs.values()))
-        self.hosts.write_text(f"127.0.0.1 localhost {' '.join(names)}\n::1 localhost\n")
+        self.hosts.write_text(f"127.0.0.1 localhost\n{listen_address} {' '.join(names)}\n::1 localhost\n")
         self.hosts.chmod(0o644)
 
     def _config_env_name(self, component: str) -> str:
@@ -188,7 +199,7 @@ class KeylimeInfra:
 
         rewrite: dict[str, Callable[[str], str]] = {"tls_dir": on_volume}
         if "ip" in present:
-            rewrite["ip"] = lambda _: LISTEN_ADDRESS
+            rewrite["ip"] = lambda _: self.listen_address
         if "database_url" in present:
             rewrite["database_url"] = sqlite
         if "tpm_cert_store" in present:
@@ -208,6 +219,7 @@ class KeylimeInfra:
             **pod.env(component),
             "KEYLIME_LOGGING_CONFIG": str(self.logging_conf),
             "KEYLIME_CA_CONFIG": str(self.ca_conf),
+            **self.option_overrides.get(component, {}),
         }
 
     def exec_spec(self, component: str) -> dict[str, Any]:
@@ -238,16 +250,22 @@ class KeylimeInfra:
     def ports(self, component: str) -> list[int]:
         return [port["containerPort"] for port in self.pods[component].container(component).get("ports", [])]
 
-    def start(self) -> None:
+    def start(self, option_overrides: dict[str, dict[str, object]] | None = None) -> None:
+        """Start the registrar and the verifier; `option_overrides` ({component: {option: value}}) reach
+        keylime as KEYLIME_<COMPONENT>_<OPTION> variables, which take precedence over its config file."""
+        self.option_overrides = {
+            component: {f"KEYLIME_{component.upper()}_{option.upper()}": str(value) for option, value in options.items()}
+            for component, options in (option_overrides or {}).items()
+        }
         # Readiness is a TCP connect: a port some other process holds would look ready.
         for component in SERVERS:
             for port in self.ports(component):
                 with socket.socket() as probe:
                     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is fine
                     try:
-                        probe.bind((LISTEN_ADDRESS, port))
+                        probe.bind((self.listen_address, port))
                     except OSError as error:
-                        raise RuntimeError(f"{LISTEN_ADDRESS}:{port}, which keylime_{component} listens on, is taken "
+                        raise RuntimeError(f"{self.listen_address}:{port}, which keylime_{component} listens on, is taken "
                                            f"by another process ({error}); stop it and rerun") from None
         for component in SERVERS:
             spec = self.exec_spec(component)
@@ -271,7 +289,7 @@ class KeylimeInfra:
                 if self.processes[component].poll() is not None:
                     raise RuntimeError(f"keylime_{component} exited:\n{self.tail(component)}")
                 try:
-                    socket.create_connection((LISTEN_ADDRESS, port), timeout=1).close()
+                    socket.create_connection((self.listen_address, port), timeout=1).close()
                     break
                 except OSError:
                     if time.monotonic() > deadline:
@@ -316,6 +334,54 @@ class KeylimeInfra:
             timeout=TENANT_TIMEOUT,
             check=False,
         )
+
+    def tenant_batch(self, commands: list[list[str]], timeout: float = TENANT_TIMEOUT) -> tuple[list[int], str]:
+        """Many keylime_tenant command lines in one tenant process (tenant_batch.py): each one's exit
+        status, and the process's whole output."""
+        spec = self.exec_spec("tenant")
+        ca, _, _ = self.client_tls_files("tenant")
+        result = subprocess.run(
+            [*spec["argv"], "python", "-c", TENANT_BATCH.read_text(), TENANT_BATCH_RESULTS],
+            input=json.dumps(commands),
+            # requests would load certifi's bundle into the tenant's TLS context on every connection (30 ms
+            # of CPU each, five connections an agent); the context holds the tenant's CA already.
+            env={**spec["env"], "REQUESTS_CA_BUNDLE": str(ca)},
+            cwd=spec["cwd"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        output = result.stdout + result.stderr
+        marker = result.stdout.rfind(TENANT_BATCH_RESULTS)
+        if result.returncode != 0 or marker < 0:
+            raise RuntimeError(f"tenant_batch.py failed ({result.returncode}):\n{output[-4000:]}")
+        return json.loads(result.stdout[marker + len(TENANT_BATCH_RESULTS):]), output
+
+    def client_tls_files(self, component: str) -> tuple[Path, Path, Path]:
+        """(CA, client certificate, client key) the component's config makes it use as a TLS client."""
+        tls_dir = Path(self.option(component, "tls_dir"))
+        ca = json.loads(self.option(component, "trusted_server_ca"))[0]
+        return tls_dir / ca, tls_dir / self.option(component, "client_cert"), tls_dir / self.option(component, "client_key")
+
+    def verifier_agents(self) -> dict[str, dict[str, Any]]:
+        """Every agent the verifier holds, with its attestation status and count: what `keylime_tenant -c
+        bulkinfo` asks for and prints, asked as the tenant does (its client certificate, the verifier
+        verified under the name tenant.conf dials) without the tenant's start-up."""
+        ca, cert, key = self.client_tls_files("tenant")
+        context = ssl.create_default_context(cafile=str(ca))
+        context.load_cert_chain(str(cert), str(key))
+        port = int(self.option("tenant", "verifier_port"))
+        connection = PinnedHTTPSConnection(self.option("tenant", "verifier_ip"), port, self.listen_address, context)
+        try:
+            connection.request("GET", f"/v{TENANT_VERIFIER_API}/agents/?bulk=True&verifier=")
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise RuntimeError(f"GET /agents/?bulk=True answered {response.status}: {answer}")
+        return answer["results"]
 
     def kubectl_context(self) -> dict[str, Any]:
         """What tests/lab/bin/kubectl needs to stand in for the infra cluster's API server."""

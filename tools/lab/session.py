@@ -22,9 +22,10 @@ from tools.offline import ProgramRun, run_program
 
 from .agent import AK_HANDLE, EmulatedAgent
 from .declared import Cluster, cluster, tls_declarations
+from .fleet import FleetAgent
 from .pod import Pod
 from .push import PushClient
-from .servers import KeylimeInfra, write_json
+from .servers import DEFAULT_LISTEN_ADDRESS, KeylimeInfra, write_json
 
 LAB = Path(__file__).resolve().parent
 ROOT = LAB.parents[1]
@@ -118,9 +119,13 @@ def node_port_target(cluster_: Cluster, node_port: int) -> int:
 
 
 class Lab:
-    def __init__(self, stack: str, lab_bin: Path, overrides: Mapping[str, object] | None = None):
+    def __init__(self, stack: str, lab_bin: Path, overrides: Mapping[str, object] | None = None,
+                 listen_address: str = DEFAULT_LISTEN_ADDRESS):
+        """`listen_address`: the loopback address the servers listen on; another one than the default lets
+        this lab's servers run beside another lab's."""
         check_host(lab_bin)
         self.stack, self.lab_bin, self.overrides = stack, lab_bin, dict(overrides or {})
+        self.listen_address = listen_address
         self._stops: list = []
         # Traversable by the pods' non-root users (pytest's own tmp_path is private to root).
         self.root = Path(tempfile.mkdtemp(prefix="keylime-lab-"))
@@ -164,7 +169,7 @@ class Lab:
     @cached_property
     def infra(self) -> KeylimeInfra:
         """The registrar and verifier, running; the tenant, runnable."""
-        servers = KeylimeInfra(self.root / "infra", self.lab_bin, self.infra_cluster, self.pki.real)
+        servers = KeylimeInfra(self.root / "infra", self.lab_bin, self.infra_cluster, self.pki.real, self.listen_address)
         self._stops.append(servers.stop)
         servers.start()
         return servers
@@ -205,20 +210,21 @@ class Lab:
 
     @cached_property
     def registrar_url(self) -> str:
-        """Where the agent's configured registrar address leads in the lab (its NodePort's target, on 127.0.0.1)."""
+        """Where the agent's configured registrar address leads in the lab (its NodePort's target, on the listen address)."""
         self.infra  # noqa: B018 (the servers must be up)
         scheme = "https" if self.agent_conf["registrar_tls_enabled"] else "http"
-        return f"{scheme}://127.0.0.1:{node_port_target(self.infra_cluster, self.agent_conf['registrar_port'])}"
+        port = node_port_target(self.infra_cluster, self.agent_conf["registrar_port"])
+        return f"{scheme}://{self.listen_address}:{port}"
 
     @cached_property
     def verifier_address(self) -> tuple[str, int]:
-        """Where the agent's configured verifier URL leads in the lab: 127.0.0.1 and its NodePort's target."""
+        """Where the agent's configured verifier URL leads in the lab: the listen address and its NodePort's target."""
         self.infra  # noqa: B018
-        return "127.0.0.1", node_port_target(self.infra_cluster, urlsplit(self.agent_conf["verifier_url"]).port)
+        return self.listen_address, node_port_target(self.infra_cluster, urlsplit(self.agent_conf["verifier_url"]).port)
 
-    def push_client(self, agent: EmulatedAgent) -> PushClient:
+    def push_client(self, agent: EmulatedAgent | FleetAgent) -> PushClient:
         """The push protocol as the agent's agent.conf sets it up: its verifier URL (the certificate is
-        verified as that URL's host, against the CA file agent.conf names), reached on 127.0.0.1."""
+        verified as that URL's host, against the CA file agent.conf names), reached on the listen address."""
         address, port = self.verifier_address
         return PushClient(
             tpm=agent.tpm,
