@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -252,6 +254,26 @@ def test_delete_succeeds_when_the_infra_cluster_is_gone(fakes):
     fakes.set(reachable=False)
     result = enroll(fakes, "delete")
     assert result.returncode == 0 and "nothing to remove" in result.stderr
+
+
+def test_delete_is_best_effort_when_the_api_answers_but_the_tenant_cannot_be_reached(fakes):
+    fakes.set(registered=[AGENT_A], tenant=False)
+    result = enroll(fakes, "delete")
+    assert result.returncode == 0, result.stderr
+    assert 'container not found ("tenant")' in result.stderr and "left the enrollments" in result.stderr
+
+
+def test_a_missing_kubectl_never_passes_for_a_cluster_that_is_gone(fakes, tmp_path):
+    # Everything kube.sh needs but kubectl.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "mktemp", "chmod", "rm"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    (bin_dir / "python3").symlink_to(os.path.realpath(sys.executable))
+    for action in ("delete", "add", "verify"):
+        result = enroll(fakes, action, PATH=str(bin_dir))
+        assert result.returncode == 1, (action, result.stderr)
+        assert "kubectl is not installed or not on PATH" in result.stderr
 
 
 def test_verify_passes_when_every_agent_attested(fakes):
