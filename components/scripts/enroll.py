@@ -138,7 +138,7 @@ def wait_for_registrations(expected: int, wait: float, poll: float) -> list[str]
             raise Failure(
                 f"only {len(agents)} of {expected} agents registered within {wait:.0f} s "
                 f"(registered: {', '.join(agents) or 'none'}); read the agent logs with "
-                "kubectl --context kind-keylime-agents-<n> -n keylime logs ds/keylime-agent -c agent"
+                "kubectl --context kind-keylime-<stack>-agents-<n> -n keylime logs ds/keylime-agent -c agent"
             )
         log(f"{len(agents)} of {expected} agents registered; waiting")
         time.sleep(poll)
