@@ -15,7 +15,7 @@ STACK ?= swtpm
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
 
-.PHONY: setup swtpm hwtpm verify enroll clean test render preflight preview policy
+.PHONY: setup swtpm hwtpm verify enroll renew clean test render preflight preview policy
 
 # What the enrollment script needs, read from the stack's outputs (the kubeconfig never reaches the terminal).
 ENROLL_ENV = KUBECONFIG_DATA="$$(pulumi stack output infraKubeconfig --show-secrets --stack $(STACK))" \
@@ -92,6 +92,13 @@ test: $(VENV)/.installed $(VALIDATORS_VENV)/.installed $(LAB_VENV)/.installed
 preflight: $(VENV)/.installed $(LAB_VENV)/.installed
 	LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m tools.preflight --stack $(STACK) \
 	  $(foreach setting,$(SET),--set '$(setting)')
+
+# Replace every certificate inside its early-renewal window (pulumi-tls does not always do it by itself,
+# pulumi/pulumi-tls#39); the pods that read them roll with them.
+renew: $(VENV)/.installed
+	pulumi refresh --stack $(STACK) --yes
+	replace="$$(pulumi stack export --stack $(STACK) | $(VENV)/bin/python -m tools.renewal)"; \
+	if [[ -n "$${replace}" ]]; then pulumi up --stack $(STACK) --yes $${replace}; else echo "no certificate is due"; fi
 
 render: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.render --stack $(STACK)

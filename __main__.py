@@ -11,16 +11,18 @@ import pulumi_tls as tls
 from components import keylime_conf
 from components.agent_cluster import AgentCluster, AgentClusterArgs
 from components.agent_workload import AgentHost, AgentPodArgs
-from components.endpoints import INFRA_CLUSTER, SERVERS, dial, server_sans
+from components.endpoints import SERVERS, agent_cluster_name, dial, host_port_address, infra_cluster_name, server_sans
 from components.enrollment import Enrollment, EnrollmentArgs
 from components.images import SERVER_COMPONENTS, KeylimeImages, KeylimeImagesArgs, LocalClones
 from components.infra_cluster import InfraCluster, InfraClusterArgs
 from components.keylime_conf import agent_count
 from components.pki import KeylimePki, KeylimePkiArgs
-from components.settings import load_settings
+from components.settings import NAMESPACE, load_settings
 from components.vtpm_vm import VtpmVm, VtpmVmArgs
 
 settings = load_settings()
+# kind-cluster.sh adopts and deletes only the clusters it marked with this.
+cluster_owner = f"{NAMESPACE}/{settings.stack}"
 
 # Default providers are disabled (Pulumi.yaml): every provider is declared here, once.
 tls_provider = tls.Provider("tls")
@@ -49,28 +51,6 @@ images = KeylimeImages(
     ),
     local,
 )
-infra = InfraCluster(
-    "infra",
-    InfraClusterArgs(
-        images={component: images.image(component) for component in SERVER_COMPONENTS},
-        configs={
-            "registrar": keylime_conf.registrar_conf(settings),
-            "verifier": keylime_conf.verifier_conf(settings),
-            "tenant": keylime_conf.tenant_conf(settings),
-        },
-        ca_cert_pem=pki.ca_cert_pem,
-        registrar_cert=pki.servers["registrar"],
-        verifier_cert=pki.servers["verifier"],
-        verifier_client_cert=pki.clients["verifier-client"],
-        tenant_cert=pki.clients["tenant"],
-        uid=settings.agent_uid,
-        gid=settings.agent_gid,
-        registrar_node_port=settings.registrar_node_port,
-        registrar_tls_node_port=settings.registrar_tls_node_port,
-        verifier_node_port=settings.verifier_node_port,
-    ),
-    local,
-)
 
 agent = AgentPodArgs(
     image=images.image("agent"),
@@ -81,7 +61,11 @@ agent = AgentPodArgs(
 )
 agent_hosts: list[AgentHost] = (
     [
-        AgentCluster(f"agents-{index}", AgentClusterArgs(index=index, agent=agent), local)
+        AgentCluster(
+            f"agents-{index}",
+            AgentClusterArgs(cluster_name=agent_cluster_name(settings, index), owner=cluster_owner, agent=agent),
+            local,
+        )
         for index in range(1, settings.agent_clusters + 1)
     ]
     if settings.tpm_mode == "swtpm"
@@ -101,6 +85,34 @@ agent_hosts: list[AgentHost] = (
     ]
 )
 
+infra = InfraCluster(
+    "infra",
+    InfraClusterArgs(
+        cluster_name=infra_cluster_name(settings),
+        owner=cluster_owner,
+        images={component: images.image(component) for component in SERVER_COMPONENTS},
+        configs={
+            "registrar": keylime_conf.registrar_conf(settings),
+            "verifier": keylime_conf.verifier_conf(settings),
+            "tenant": keylime_conf.tenant_conf(settings),
+        },
+        ca_cert_pem=pki.ca_cert_pem,
+        registrar_cert=pki.servers["registrar"],
+        verifier_cert=pki.servers["verifier"],
+        verifier_client_cert=pki.clients["verifier-client"],
+        tenant_cert=pki.clients["tenant"],
+        uid=settings.agent_uid,
+        gid=settings.agent_gid,
+        registrar_node_port=settings.registrar_node_port,
+        registrar_tls_node_port=settings.registrar_tls_node_port,
+        verifier_node_port=settings.verifier_node_port,
+        listen_address=host_port_address(settings),
+        # hwtpm: that address is the host's on the VM's network, which exists only once the network does.
+        listen_address_from=[host.network for host in agent_hosts if isinstance(host, VtpmVm)],
+    ),
+    local,
+)
+
 enrollment = Enrollment(
     "enrollment",
     EnrollmentArgs(
@@ -114,7 +126,7 @@ enrollment = Enrollment(
 )
 
 pulumi.export("tpmMode", settings.tpm_mode)
-pulumi.export("infraCluster", INFRA_CLUSTER)
+pulumi.export("infraCluster", infra.cluster_name)
 pulumi.export("agentHosts", [host.host_name for host in agent_hosts])
 pulumi.export("registrarEndpoint", dial(settings, "agent", "registrar").url)
 pulumi.export("verifierEndpoint", dial(settings, "agent", "verifier").url)

@@ -1,4 +1,4 @@
-"""AgentCluster: one Kind cluster `keylime-agents-<n>` running the push agent beside a software TPM."""
+"""AgentCluster: one Kind cluster `keylime-<stack>-agents-<n>` running the push agent beside a software TPM."""
 
 from __future__ import annotations
 
@@ -7,17 +7,15 @@ import dataclasses
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.agent_workload import AgentPodArgs, declare_agent_workload
-from components.kind_cluster import KindCluster, KindClusterArgs
-
-
-def agent_cluster_name(index: int) -> str:
-    return f"keylime-agents-{index}"
+from components.agent_workload import AgentPodArgs, declare_agent_workload, node_state_dirs
+from components.kind_cluster import KindCluster, KindClusterArgs, NodeState
 
 
 @dataclasses.dataclass
 class AgentClusterArgs:
-    index: int
+    cluster_name: str
+    owner: str
+    """The stack that owns the Kind cluster (see KindClusterArgs)."""
     agent: AgentPodArgs
 
 
@@ -31,10 +29,16 @@ class AgentCluster(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: AgentClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:agents:AgentCluster", name, None, opts)
-        self.host_name = agent_cluster_name(args.index)
+        self.host_name = args.cluster_name
         self.kind = KindCluster(
             name,
-            KindClusterArgs(cluster_name=self.host_name, images=[args.agent.image]),
+            KindClusterArgs(
+                cluster_name=args.cluster_name,
+                owner=args.owner,
+                images=[args.agent.image],
+                # The node keeps the software TPM and the AK, given to the agent's user before the pod starts.
+                node_state=NodeState(args.agent.uid, args.agent.gid, node_state_dirs("swtpm")),
+            ),
             pulumi.ResourceOptions(parent=self),
         )
         self.identity = self.kind.cluster.id
@@ -47,7 +51,7 @@ class AgentCluster(pulumi.ComponentResource):
                 provider=self.kind.provider,
                 # Objects go when the cluster goes; deleting them one by one first would only slow destroy.
                 deleted_with=self.kind.cluster,
-                depends_on=[self.kind.images_loaded],
+                depends_on=self.kind.node_ready,
             ),
         )
         self.register_outputs({"cluster_name": self.host_name})

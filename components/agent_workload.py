@@ -24,12 +24,25 @@ from components.pod_security import (
     resources,
 )
 from components.images import BuiltImage
+from components.rollout import inputs_annotation
 
 TpmAccess = Literal["swtpm", "device"]
 
 SWTPM_PORT = 2321
 SWTPM_CTRL_PORT = 2322
 SWTPM_STATE_DIR = "/var/lib/swtpm"
+# On the node: the agent's AK (agent_data.json) and, with swtpm, the software TPM's state. They live as long
+# as the node, so a replaced pod is the same agent (same EK, so the same hash_ek UUID, and the same AK).
+NODE_STATE_ROOT = "/var/lib/keylime-push"
+AGENT_STATE_ON_NODE = f"{NODE_STATE_ROOT}/agent"
+SWTPM_STATE_ON_NODE = f"{NODE_STATE_ROOT}/swtpm"
+NODE_STATE_WHY = (
+    f"{AGENT_STATE_ON_NODE} (and {SWTPM_STATE_ON_NODE} with swtpm) are hostPaths of type Directory, created and "
+    "given to the agent's UID/GID by whoever made the node, as root on the node itself (kind-cluster.sh "
+    "node-state through docker exec; the VM's vm-node-state over SSH with sudo). A DirectoryOrCreate path "
+    "would be root-owned, and making it the agent's from here would take a root init container with "
+    "CAP_CHOWN: so no container of this pod runs as root or holds any capability."
+)
 TPM_DEVICE = "/dev/tpmrm0"
 TCTI: dict[TpmAccess, str] = {"swtpm": f"swtpm:host=localhost,port={SWTPM_PORT}", "device": f"device:{TPM_DEVICE}"}
 # squat/generic-device-plugin advertises the VM's resource-managed TPM under this name.
@@ -86,6 +99,15 @@ def agent_env(tpm: TpmAccess) -> list[dict[str, Any]]:
     ]
 
 
+def node_state_dirs(tpm: TpmAccess) -> tuple[str, ...]:
+    """The node directories the agent pod mounts: they must exist, owned by the agent's user."""
+    return (AGENT_STATE_ON_NODE, SWTPM_STATE_ON_NODE) if tpm == "swtpm" else (AGENT_STATE_ON_NODE,)
+
+
+def _node_state_volume(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "hostPath": {"path": path, "type": "Directory"}}
+
+
 def metadata(name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "name": name,
@@ -99,8 +121,8 @@ def _swtpm_containers(image: str, security: dict[str, Any]) -> list[dict[str, An
     swtpm_probe = {"exec": {"command": ["swtpm_ioctl", "--tcp", f"127.0.0.1:{SWTPM_CTRL_PORT}", "-c"]}}
     return [
         {
-            # Creates the TPM's EK and EK certificate once per pod, as the agent's own user: the
-            # script keeps swtpm's local CA in the pod's state volume, so no root is needed.
+            # Creates the TPM's EK and EK certificate once per node, as the agent's own user: the
+            # script keeps swtpm's local CA in the TPM's state directory, so no root is needed.
             "name": "swtpm-init",
             "image": image,
             "imagePullPolicy": "IfNotPresent",
@@ -146,13 +168,8 @@ def declare_agent_workload(
     """Namespace, CA Secret, agent ConfigMap, deny-ingress policy and the agent DaemonSet."""
     namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=opts)
     opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[namespace]))
-    ca_secret = k8s.core.v1.Secret(
-        f"{name}-ca",
-        metadata=metadata(CA_SECRET),
-        type="Opaque",
-        string_data={keylime_conf.CA_CERT: pod_args.ca_cert_pem},
-        opts=opts,
-    )
+    ca_files = {keylime_conf.CA_CERT: pod_args.ca_cert_pem}
+    ca_secret = k8s.core.v1.Secret(f"{name}-ca", metadata=metadata(CA_SECRET), type="Opaque", string_data=ca_files, opts=opts)
     files = {"agent.conf": pod_args.agent_conf}
     if tpm == "swtpm":
         files["swtpm-init.sh"] = SWTPM_INIT_SCRIPT.read_text()
@@ -171,7 +188,7 @@ def declare_agent_workload(
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": AGENT_CONFIG, "defaultMode": 0o555}},
         {"name": "ca", "secret": {"secretName": CA_SECRET, "defaultMode": 0o444}},
-        empty_dir("keylime-dir", "64Mi"),
+        _node_state_volume("agent-state", AGENT_STATE_ON_NODE),
         empty_dir("tmp"),
     ]
     pod: dict[str, Any] = {
@@ -184,9 +201,7 @@ def declare_agent_workload(
     }
     if tpm == "swtpm":
         pod["initContainers"] = _swtpm_containers(image, security)
-        # The TPM's state lives as long as the pod: a new pod is a new TPM with a new EK, so a new
-        # hash_ek UUID that registers on its own and needs `make enroll`.
-        volumes.append(empty_dir("swtpm-state", "16Mi"))
+        volumes.append(_node_state_volume("swtpm-state", SWTPM_STATE_ON_NODE))
     else:
         # The device plugin hands the pod /dev/tpmrm0; containerd's device_ownership_from_security_context
         # gives it to runAsUser/runAsGroup, so no supplementalGroups (tss) and no privilege are needed.
@@ -204,17 +219,24 @@ def declare_agent_workload(
             "volumeMounts": [
                 {"name": "config", "mountPath": keylime_conf.CONF_DIR, "readOnly": True},
                 {"name": "ca", "mountPath": keylime_conf.TLS_DIR, "readOnly": True},
-                {"name": "keylime-dir", "mountPath": keylime_conf.AGENT_KEYLIME_DIR},
+                {"name": "agent-state", "mountPath": keylime_conf.AGENT_KEYLIME_DIR},
                 {"name": "tmp", "mountPath": "/tmp"},
             ],
         }
     ]
+    template_metadata = {
+        "labels": LABELS,
+        "annotations": inputs_annotation({AGENT_CONFIG: files, CA_SECRET: ca_files}),
+    }
     return k8s.apps.v1.DaemonSet(
         f"{name}-agent",
         metadata=metadata(
             "keylime-agent",
-            checkov_waivers("CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15", CKV_K8S_8=NO_PROBE, CKV_K8S_9=NO_PROBE),
+            {
+                **checkov_waivers("CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15", CKV_K8S_8=NO_PROBE, CKV_K8S_9=NO_PROBE),
+                "keylime-push.io/node-state": NODE_STATE_WHY,
+            },
         ),
-        spec={"selector": {"matchLabels": LABELS}, "template": {"metadata": {"labels": LABELS}, "spec": pod}},
+        spec={"selector": {"matchLabels": LABELS}, "template": {"metadata": template_metadata, "spec": pod}},
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[ca_secret, config])),
     )

@@ -17,11 +17,6 @@ Server = Literal["registrar", "verifier"]
 SERVERS: tuple[Server, ...] = ("registrar", "verifier")
 
 KEYLIME_NAMESPACE = "keylime"
-INFRA_CLUSTER = "keylime-infra"
-# Kind names the node container `<cluster>-control-plane`; every Kind cluster joins the `kind` Docker
-# network, whose embedded DNS resolves that name from pods of the other clusters too. A name, unlike the
-# node's IP, is known before the cluster exists, so certificates and previews do not depend on the machine.
-INFRA_NODE = f"{INFRA_CLUSTER}-control-plane"
 
 REGISTRAR_PORT = 8890
 REGISTRAR_TLS_PORT = 8891
@@ -49,6 +44,22 @@ def service_fqdn(server: Server) -> str:
     return f"{SERVICE_NAMES[server]}.{KEYLIME_NAMESPACE}.svc.cluster.local"
 
 
+def infra_cluster_name(settings: Settings) -> str:
+    """Kind cluster names are per stack: two stacks never share (or destroy) one another's clusters."""
+    return f"keylime-{settings.stack}-infra"
+
+
+def agent_cluster_name(settings: Settings, index: int) -> str:
+    return f"keylime-{settings.stack}-agents-{index}"
+
+
+def kind_node(cluster: str) -> str:
+    """Kind names a one-node cluster's node container `<cluster>-control-plane`. Every Kind cluster joins the
+    `kind` Docker network, whose DNS resolves that name from pods of the other clusters too; a name, unlike
+    the node's IP, is known before the cluster exists, so certificates and previews do not depend on the machine."""
+    return f"{cluster}-control-plane"
+
+
 def network_host_address(network_cidr: str) -> str:
     """The host's address on a libvirt NAT network: the network's first address, its gateway."""
     return str(next(ipaddress.ip_network(network_cidr).hosts()))
@@ -60,7 +71,15 @@ def vm_host_address(settings: Settings) -> str:
 
 def agent_facing_host(settings: Settings) -> str:
     """Where agents find the NodePorts the infra cluster publishes."""
-    return INFRA_NODE if settings.tpm_mode == "swtpm" else vm_host_address(settings)
+    return kind_node(infra_cluster_name(settings)) if settings.tpm_mode == "swtpm" else vm_host_address(settings)
+
+
+def host_port_address(settings: Settings) -> str:
+    """The one host address the infra node publishes its NodePorts on. Agent Kind clusters reach the node over
+    the `kind` Docker network, so swtpm needs loopback only; the VM dials the host on its libvirt network.
+    Never 0.0.0.0: Docker's rules bypass host firewalls, and every outside client would share the per-IP
+    session limit with the fleet."""
+    return "127.0.0.1" if settings.tpm_mode == "swtpm" else vm_host_address(settings)
 
 
 def dials(settings: Settings) -> tuple[Dial, ...]:
@@ -81,9 +100,10 @@ def dials(settings: Settings) -> tuple[Dial, ...]:
         port = REGISTRAR_TLS_PORT if server == "registrar" else VERIFIER_PORT
         for name in (short, f"{short}.{KEYLIME_NAMESPACE}", f"{short}.{KEYLIME_NAMESPACE}.svc"):
             found.append(Dial("in-cluster client", server, name, port, tls=True))
-        # An operator on the host reaches the NodePorts through Kind's extraPortMappings.
+        # An operator on the host reaches the NodePorts where Kind's extraPortMappings publish them.
         host_port = settings.registrar_tls_node_port if server == "registrar" else settings.verifier_node_port
-        for name in ("localhost", "127.0.0.1"):
+        published = host_port_address(settings)
+        for name in ("localhost", published) if published == "127.0.0.1" else (published,):
             found.append(Dial("host operator", server, name, host_port, tls=True))
         for name in settings.extra_sans:
             found.append(Dial("extraSans client", server, name, host_port, tls=True))

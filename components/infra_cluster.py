@@ -1,15 +1,15 @@
-"""InfraCluster: the Kind cluster `keylime-infra` with the registrar, the push-mode verifier and the tenant."""
+"""InfraCluster: the Kind cluster `keylime-<stack>-infra` with the registrar, the push-mode verifier and the tenant."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components import keylime_conf
-from components.endpoints import INFRA_CLUSTER, KEYLIME_NAMESPACE, REGISTRAR_PORT, REGISTRAR_TLS_PORT, SERVICE_NAMES, VERIFIER_PORT
+from components.endpoints import KEYLIME_NAMESPACE, REGISTRAR_PORT, REGISTRAR_TLS_PORT, SERVICE_NAMES, VERIFIER_PORT
 from components.images import SERVER_COMPONENTS, BuiltImage
 from components.kind_cluster import KindCluster, KindClusterArgs
 from components.pki import IssuedCertificate
@@ -22,6 +22,7 @@ from components.pod_security import (
     pod_security_context,
     resources,
 )
+from components.rollout import inputs_annotation
 
 CONFIG_MAP = "keylime-config"
 DATA_CAPACITY = "1Gi"
@@ -29,6 +30,9 @@ DATA_CAPACITY = "1Gi"
 
 @dataclasses.dataclass
 class InfraClusterArgs:
+    cluster_name: str
+    owner: str
+    """The stack that owns the Kind cluster (see KindClusterArgs)."""
     images: dict[str, BuiltImage]
     """The registrar, verifier and tenant images."""
     configs: dict[str, str]
@@ -45,22 +49,31 @@ class InfraClusterArgs:
     registrar_node_port: int
     registrar_tls_node_port: int
     verifier_node_port: int
+    listen_address: str
+    """The one host address the NodePorts are published on."""
+    listen_address_from: Sequence[pulumi.Resource] = ()
+    """What brings `listen_address` to the host (hwtpm: the libvirt network): Docker cannot bind before it."""
 
 
 class InfraCluster(pulumi.ComponentResource):
+    cluster_name: str
     kind: KindCluster
     tenant: k8s.apps.v1.Deployment
     workloads: list[pulumi.Resource]
 
     def __init__(self, name: str, args: InfraClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:infra:InfraCluster", name, None, opts)
+        self.cluster_name = args.cluster_name
         self.kind = KindCluster(
             name,
             KindClusterArgs(
-                cluster_name=INFRA_CLUSTER,
+                cluster_name=args.cluster_name,
+                owner=args.owner,
                 images=[args.images[component] for component in SERVER_COMPONENTS],
-                # Published on the host too, so a VM on a libvirt network reaches them through the host.
+                # Published on the host too: for the operator (swtpm), for the VM on its libvirt network (hwtpm).
                 host_ports=(args.registrar_node_port, args.registrar_tls_node_port, args.verifier_node_port),
+                listen_address=args.listen_address,
+                after=args.listen_address_from,
             ),
             pulumi.ResourceOptions(parent=self),
         )
@@ -71,12 +84,8 @@ class InfraCluster(pulumi.ComponentResource):
         namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=on_cluster)
         in_namespace = pulumi.ResourceOptions.merge(on_cluster, pulumi.ResourceOptions(depends_on=[namespace]))
 
-        k8s.core.v1.ConfigMap(
-            f"{name}-config",
-            metadata=_metadata(CONFIG_MAP, "config"),
-            data={f"{component}.conf": args.configs[component] for component in SERVER_COMPONENTS},
-            opts=in_namespace,
-        )
+        config_files = {f"{component}.conf": args.configs[component] for component in SERVER_COMPONENTS}
+        k8s.core.v1.ConfigMap(f"{name}-config", metadata=_metadata(CONFIG_MAP, "config"), data=config_files, opts=in_namespace)
         registrar_files = {keylime_conf.SERVER_CERT: args.registrar_cert.cert_pem,
                            keylime_conf.SERVER_KEY: args.registrar_cert.private_key_pem}
         verifier_files = {keylime_conf.SERVER_CERT: args.verifier_cert.cert_pem,
@@ -85,16 +94,18 @@ class InfraCluster(pulumi.ComponentResource):
                           keylime_conf.CLIENT_KEY: args.verifier_client_cert.private_key_pem}
         tenant_files = {keylime_conf.CLIENT_CERT: args.tenant_cert.cert_pem,
                         keylime_conf.CLIENT_KEY: args.tenant_cert.private_key_pem}
+        secrets: dict[str, dict[str, pulumi.Input[str]]] = {}
         for component, files in (("registrar", registrar_files), ("verifier", verifier_files), ("tenant", tenant_files)):
+            secrets[component] = {keylime_conf.CA_CERT: args.ca_cert_pem, **files}
             k8s.core.v1.Secret(
                 f"{name}-{component}-tls",
-                metadata=_metadata(f"keylime-{component}-tls", component),
+                metadata=_metadata(_tls_secret(component), component),
                 type="Opaque",
-                string_data={keylime_conf.CA_CERT: args.ca_cert_pem, **files},
+                string_data=secrets[component],
                 opts=in_namespace,
             )
 
-        servers = _Servers(name, args.images, args.uid, args.gid, in_namespace)
+        servers = _Servers(name, args.images, args.uid, args.gid, config_files, secrets, in_namespace)
         registrar = servers.deployment(
             "registrar",
             ports={"http": REGISTRAR_PORT, "https": REGISTRAR_TLS_PORT},
@@ -137,7 +148,11 @@ class InfraCluster(pulumi.ComponentResource):
                 opts=in_namespace,
             )
         self.workloads = [registrar, verifier, self.tenant, registrar_service, verifier_service]
-        self.register_outputs({"cluster_name": INFRA_CLUSTER})
+        self.register_outputs({"cluster_name": args.cluster_name})
+
+
+def _tls_secret(component: str) -> str:
+    return f"keylime-{component}-tls"
 
 
 def _metadata(name: str, component: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -159,6 +174,10 @@ class _Servers:
     images: dict[str, BuiltImage]
     uid: int
     gid: int
+    config_files: dict[str, str]
+    """The ConfigMap's data: each server mounts its own file."""
+    secrets: dict[str, dict[str, pulumi.Input[str]]]
+    """Each server's TLS Secret data."""
     opts: pulumi.ResourceOptions
 
     def deployment(
@@ -171,6 +190,7 @@ class _Servers:
     ) -> k8s.apps.v1.Deployment:
         uid, gid = self.uid, self.gid
         labels = {"app.kubernetes.io/name": f"keylime-{component}"}
+        config_file, secret = f"{component}.conf", _tls_secret(component)
         persistent = component in ("registrar", "verifier")
         if persistent:
             # sqlite on a PVC (Kind's default local-path class): enrollments and registrations survive
@@ -229,7 +249,13 @@ class _Servers:
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": labels},
                 "template": {
-                    "metadata": {"labels": labels},
+                    "metadata": {
+                        "labels": labels,
+                        # Exactly what this pod reads: its own file of the ConfigMap, and its own Secret.
+                        "annotations": inputs_annotation(
+                            {CONFIG_MAP: {config_file: self.config_files[config_file]}, secret: self.secrets[component]}
+                        ),
+                    },
                     "spec": {
                         # Service links would inject KEYLIME_VERIFIER_PORT=tcp://..., which keylime reads as config.
                         "enableServiceLinks": False,
@@ -237,8 +263,8 @@ class _Servers:
                         "securityContext": pod_security_context(uid, gid),
                         "containers": [container],
                         "volumes": [
-                            {"name": "config", "configMap": {"name": CONFIG_MAP, "items": [{"key": f"{component}.conf", "path": f"{component}.conf"}]}},
-                            {"name": "tls", "secret": {"secretName": f"keylime-{component}-tls", "defaultMode": 0o440}},
+                            {"name": "config", "configMap": {"name": CONFIG_MAP, "items": [{"key": config_file, "path": config_file}]}},
+                            {"name": "tls", "secret": {"secretName": secret, "defaultMode": 0o440}},
                             data_volume,
                             empty_dir("run", "16Mi"),
                             empty_dir("tmp"),

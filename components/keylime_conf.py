@@ -299,6 +299,9 @@ def agent_conf(settings: Settings) -> str:
         "verifier_url": verifier.url,
         "verifier_tls_ca_cert": f"{TLS_DIR}/{CA_CERT}",
         "keylime_dir": AGENT_KEYLIME_DIR,
+        # The AK: kept on the node with keylime_dir, so a replaced pod does not make a new one, which the
+        # registrar would refuse for good (403) next to the same EK.
+        "agent_data_path": f"{AGENT_KEYLIME_DIR}/agent_data.json",
         # Kubernetes already runs the agent as its own user; run_as would try to drop root it never had.
         "run_as": "",
         # Not the attestation cadence (the verifier's quote_interval sets that) but the wait after a failure,

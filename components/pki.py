@@ -18,6 +18,10 @@ KEY_ALGORITHM = "ECDSA"
 ECDSA_CURVE = "P256"
 CA_VALIDITY_HOURS = 5 * 365 * 24
 LEAF_VALIDITY_HOURS = 365 * 24
+# Renewed well before expiry: `make renew` replaces a certificate inside this window (pulumi-tls does not
+# always do it by itself, pulumi/pulumi-tls#39); the Secrets change and the pods that read them roll.
+CA_EARLY_RENEWAL_HOURS = 90 * 24
+LEAF_EARLY_RENEWAL_HOURS = 30 * 24
 ORGANIZATION = "keylime-push"
 
 CA_USES = ["cert_signing", "crl_signing", "digital_signature"]
@@ -57,6 +61,7 @@ class KeylimePki(pulumi.ComponentResource):
             subject=tls.SelfSignedCertSubjectArgs(common_name="keylime-push CA", organization=ORGANIZATION),
             is_ca_certificate=True,
             validity_period_hours=CA_VALIDITY_HOURS,
+            early_renewal_hours=CA_EARLY_RENEWAL_HOURS,
             allowed_uses=CA_USES,
             set_subject_key_id=True,
             opts=self._child,
@@ -99,6 +104,7 @@ class KeylimePki(pulumi.ComponentResource):
             ca_cert_pem=ca.cert_pem,
             ca_private_key_pem=ca_key.private_key_pem,
             validity_period_hours=LEAF_VALIDITY_HOURS,
+            early_renewal_hours=LEAF_EARLY_RENEWAL_HOURS,
             allowed_uses=uses,
             opts=self._child,
         )

@@ -326,6 +326,11 @@ class Settings(BaseModel):
         ),
     ] = Field(None, alias="rustKeylimeGit", description="Path of a rust-keylime clone; required when imageSource=local.")
 
+    stack: str = Field(
+        "dev",
+        description="The Pulumi stack. Not a config key: it names the stack's Kind clusters, so two stacks never share one.",
+    )
+
     @property
     def registrar_tls_node_port(self) -> int:
         """The registrar's TLS port is published on the NodePort right after its HTTP one."""
@@ -340,7 +345,13 @@ class Settings(BaseModel):
         )
 
 
-FIELDS: dict[str, FieldInfo] = Settings.model_fields
+# The config keys: every field but `stack`, which comes from the Pulumi stack itself.
+FIELDS: dict[str, FieldInfo] = {
+    name: field for name, field in Settings.model_fields.items() if any(isinstance(item, Key) for item in field.metadata)
+}
+# A Kind node is named `keylime-<stack>-agents-<n>-control-plane`: its hostname, and the infra node's name is a
+# certificate SAN, so it must stay one DNS label (63 characters).
+STACK_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,29}[a-z0-9])?$")
 
 
 def key_of(field: FieldInfo) -> Key:
@@ -394,10 +405,15 @@ def _cross_key_problems(settings: Mapping[str, Any]) -> Iterator[str]:
         )
 
 
-def parse_settings(raw: Mapping[str, str | None]) -> Settings:
-    """Validate raw config values (strings, as Pulumi stores them, keyed without namespace)."""
+def parse_settings(raw: Mapping[str, str | None], stack: str = "dev") -> Settings:
+    """Validate raw config values (strings, as Pulumi stores them, keyed without namespace) of `stack`."""
     settings: dict[str, Any] = {}
     problems: list[str] = []
+    if not STACK_NAME.fullmatch(stack):
+        problems.append(
+            f"pulumi stack name: got {stack!r}; allowed: 1..31 lower-case letters, digits and inner hyphens "
+            "(it names the stack's Kind clusters and their nodes)"
+        )
     for name, field in FIELDS.items():
         key = key_of(field)
         if key.only_when is not None and settings.get(key.only_when[0]) != key.only_when[1]:
@@ -420,7 +436,7 @@ def parse_settings(raw: Mapping[str, str | None]) -> Settings:
     problems.extend(_cross_key_problems(settings))
     if problems:
         raise SettingsError(problems)
-    return Settings.model_construct(**settings)
+    return Settings.model_construct(**settings, stack=stack)
 
 
 def load_settings() -> Settings:
@@ -429,4 +445,4 @@ def load_settings() -> Settings:
 
     config = pulumi.Config(NAMESPACE)
     raw = {key: value for key in KEYS if (value := config.get(key)) is not None}
-    return parse_settings(raw)
+    return parse_settings(raw, pulumi.get_stack())

@@ -4,6 +4,9 @@ running the push agent on /dev/tpmrm0 exposed by squat/generic-device-plugin."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import shlex
 from pathlib import Path
 
 import pulumi
@@ -13,7 +16,7 @@ import pulumi_libvirt as libvirt
 import pulumi_tls as tls
 
 from components import cloud_init
-from components.agent_workload import TOLERATE_UNTRUSTED, TPM_DEVICE, AgentPodArgs, declare_agent_workload
+from components.agent_workload import TOLERATE_UNTRUSTED, TPM_DEVICE, AgentPodArgs, declare_agent_workload, node_state_dirs
 from components.providers import cluster_provider
 from components.pod_security import checkov_waivers, resources
 
@@ -47,6 +50,8 @@ class VtpmVm(pulumi.ComponentResource):
 
     host_name: str = VM_NAME
     identity: pulumi.Output[str]
+    network: libvirt.Network
+    """Brings the host's address on the VM's network, where the infra cluster publishes its NodePorts."""
     domain: libvirt.Domain
     provider: k8s.Provider
     daemon_set: k8s.apps.v1.DaemonSet
@@ -64,7 +69,7 @@ class VtpmVm(pulumi.ComponentResource):
         login_private_key = pulumi.Output.secret(login_key.private_key_openssh)
         host_private_key = pulumi.Output.secret(host_key.private_key_openssh)
 
-        network = libvirt.Network(
+        network = self.network = libvirt.Network(
             f"{name}-network",
             name=VM_NAME,
             mode="nat",
@@ -77,33 +82,52 @@ class VtpmVm(pulumi.ComponentResource):
         )
         base = libvirt.Volume(f"{name}-base", name=f"{VM_NAME}-base.qcow2", pool=STORAGE_POOL,
                               source=args.base_image, format="qcow2", opts=on_libvirt)
-        root = libvirt.Volume(f"{name}-root", name=f"{VM_NAME}-root.qcow2", pool=STORAGE_POOL,
-                              base_volume_id=base.id, size=ROOT_DISK_BYTES, format="qcow2", opts=on_libvirt)
+        user_data = pulumi.Output.all(
+            login_key.public_key_openssh, host_private_key, host_key.public_key_openssh
+        ).apply(lambda keys: cloud_init.user_data(args.network_cidr, *keys))
+        network_config = cloud_init.network_config(args.network_cidr)
+        guest = {
+            "machine": "q35",
+            "vcpu": args.cpus,
+            "memory": args.memory_mib,
+            # The emulated TPM 2.0 (swtpm on the host, started by libvirt): the guest kernel sees a CRB TPM.
+            "tpm": {"backend_type": "emulator", "backend_version": "2.0", "model": "tpm-crb"},
+            "address": address,
+        }
+        # Everything the guest is made from. The root and cloud-init disks are named after it, so whatever
+        # replaces the domain replaces its root disk too (disks force a new domain): a replaced VM starts
+        # from a fresh disk, never from the old kubeadm cluster, and cloud-init runs again on it.
+        generation = pulumi.Output.unsecret(
+            pulumi.Output.all(args.base_image, args.network_cidr, guest, user_data, network_config).apply(
+                lambda parts: hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+            )
+        )
+        root = libvirt.Volume(f"{name}-root", name=generation.apply(lambda g: f"{VM_NAME}-root-{g}.qcow2"),
+                              pool=STORAGE_POOL, base_volume_id=base.id, size=ROOT_DISK_BYTES, format="qcow2",
+                              opts=on_libvirt)
         seed = libvirt.CloudInitDisk(
             f"{name}-cloud-init",
-            name=f"{VM_NAME}-cloud-init.iso",
+            name=generation.apply(lambda g: f"{VM_NAME}-cloud-init-{g}.iso"),
             pool=STORAGE_POOL,
-            user_data=pulumi.Output.all(
-                login_key.public_key_openssh, host_private_key, host_key.public_key_openssh
-            ).apply(lambda keys: cloud_init.user_data(args.network_cidr, *keys)),
-            network_config=cloud_init.network_config(args.network_cidr),
+            user_data=user_data,
+            network_config=network_config,
             opts=on_libvirt,
         )
         self.domain = libvirt.Domain(
             f"{name}-domain",
             name=VM_NAME,
-            machine="q35",
+            machine=guest["machine"],
             vcpu=args.cpus,
             memory=args.memory_mib,
             cpu=libvirt.DomainCpuArgs(mode="host-passthrough"),
             disks=[libvirt.DomainDiskArgs(volume_id=root.id)],
             cloudinit=seed.id,
             network_interfaces=[libvirt.DomainNetworkInterfaceArgs(network_id=network.id, addresses=[address])],
-            # The emulated TPM 2.0 (swtpm on the host, started by libvirt): the guest kernel sees a CRB TPM.
-            tpm=libvirt.DomainTpmArgs(backend_type="emulator", backend_version="2.0", model="tpm-crb"),
+            tpm=libvirt.DomainTpmArgs(**guest["tpm"]),
             consoles=[libvirt.DomainConsoleArgs(type="pty", target_port="0", target_type="serial")],
             autostart=True,
-            opts=on_libvirt,
+            # The domain's name is a singleton on the host: the old one must go before its replacement.
+            opts=pulumi.ResourceOptions.merge(on_libvirt, pulumi.ResourceOptions(delete_before_replace=True)),
         )
         self.identity = self.domain.id
 
@@ -119,7 +143,9 @@ class VtpmVm(pulumi.ComponentResource):
         ready = command.remote.Command(
             f"{name}-ready",
             connection=connection,
-            create=(SCRIPTS / "vm-wait-ready.sh").read_text(),
+            # Runs the bootstrap again when cloud-init's run failed, so every `up` retries it.
+            create=f"BOOTSTRAP={cloud_init.BOOTSTRAP_PATH} BOOTSTRAP_ENV={cloud_init.BOOTSTRAP_ENV_PATH} bash -s",
+            stdin=(SCRIPTS / "vm-wait-ready.sh").read_text(),
             triggers=[self.domain.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.domain]),
         )
@@ -146,9 +172,19 @@ class VtpmVm(pulumi.ComponentResource):
             triggers=[agent_image, self.domain.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[ready, args.agent.image.build]),
         )
+        node_state = command.remote.Command(
+            f"{name}-node-state",
+            connection=connection,
+            # As root on the node itself, so no pod needs root or CAP_CHOWN for the agent's hostPath; a new
+            # agentUid/agentGid reruns it and hands the kept state to the new user.
+            create=shlex.join(["sudo", "bash", "-s", "--", f"{args.agent.uid}:{args.agent.gid}", *node_state_dirs("device")]),
+            stdin=(SCRIPTS / "node-state.sh").read_text(),
+            triggers=[self.domain.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[ready]),
+        )
         self.provider = cluster_provider(f"{name}-k8s", kubeconfig.stdout, self.domain.id, child)
         objects = pulumi.ResourceOptions(
-            parent=self, provider=self.provider, deleted_with=self.domain, depends_on=[images_loaded]
+            parent=self, provider=self.provider, deleted_with=self.domain, depends_on=[images_loaded, node_state]
         )
         device_plugin = self._device_plugin(name, objects)
         self.daemon_set = declare_agent_workload(

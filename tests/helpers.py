@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def settings_for(stack: str = "swtpm", **overrides: object) -> Settings:
     """The Settings a stack file (plus overrides) yields, read the way the program reads them."""
     namespaced = stack_config(stack, overrides)
-    return parse_settings({key.split(":", 1)[1]: value for key, value in namespaced.items() if key.startswith("keylime-push:")})
+    return parse_settings(
+        {key.split(":", 1)[1]: value for key, value in namespaced.items() if key.startswith("keylime-push:")}, stack
+    )
 
 
 def pod_spec(resource) -> dict:

@@ -143,7 +143,7 @@ def agent_cluster_alone() -> tuple[ProgramRun, dict[str, object]]:
                              opts=pulumi.ResourceOptions(provider=docker_provider))
         pod = AgentPodArgs(image=BuiltImage("example/agent:1", build), agent_conf=ALONE_AGENT_CONF, uid=1234, gid=2345,
                            ca_cert_pem="CA")
-        host: AgentHost = AgentCluster("alone", AgentClusterArgs(index=3, agent=pod),
+        host: AgentHost = AgentCluster("alone", AgentClusterArgs("keylime-ci-agents-3", "keylime-push/ci", agent=pod),
                                        pulumi.ResourceOptions(providers=[command_provider, docker_provider]))
         shown["host_name"] = host.host_name
         host.identity.apply(lambda identity: shown.setdefault("identity", identity))
@@ -152,9 +152,11 @@ def agent_cluster_alone() -> tuple[ProgramRun, dict[str, object]]:
     return run_declarations(declare), shown
 
 
-def test_alone_the_cluster_is_named_by_its_index_and_runs_the_agent_from_its_args(agent_cluster_alone):
+def test_alone_the_cluster_is_named_and_owned_as_told_and_runs_the_agent_from_its_args(agent_cluster_alone):
     program, _ = agent_cluster_alone
-    assert program.named("alone-cluster").plain["environment"]["CLUSTER_NAME"] == "keylime-agents-3"
+    environment = program.named("alone-cluster").plain["environment"]
+    assert (environment["CLUSTER_NAME"], environment["CLUSTER_OWNER"]) == ("keylime-ci-agents-3", "keylime-push/ci")
+    assert program.named("alone-node-state").plain["environment"]["NODE_STATE_OWNER"] == "1234:2345"
     (config,) = kube_objects(program, "ConfigMap", "alone")
     assert config.plain["data"]["agent.conf"] == ALONE_AGENT_CONF
     (secret,) = kube_objects(program, "Secret", "alone")
@@ -170,7 +172,7 @@ def test_alone_the_cluster_is_named_by_its_index_and_runs_the_agent_from_its_arg
 def test_alone_the_agent_host_is_the_cluster_its_identity_and_its_daemon_set(agent_cluster_alone):
     program, shown = agent_cluster_alone
     (daemon_set,) = kube_objects(program, "DaemonSet", "alone")
-    assert shown == {"host_name": "keylime-agents-3", "identity": "alone-cluster-id", "daemon_set": daemon_set.urn}
+    assert shown == {"host_name": "keylime-ci-agents-3", "identity": "alone-cluster-id", "daemon_set": daemon_set.urn}
 
 
 @pytest.mark.parametrize("host", [AgentCluster, VtpmVm])
@@ -179,3 +181,59 @@ def test_every_agent_host_declares_the_agent_host_members_with_their_types(host)
     assert set(wanted) == {"host_name", "identity", "daemon_set"}
     hints = inspect.get_annotations(host, eval_str=True)
     assert {name: hints.get(name) for name in wanted} == wanted
+
+
+# --- the agent's identity lives on the node --------------------------------------------------
+
+def host_paths(daemon_set) -> dict[str, str]:
+    """volume name -> hostPath of the agent pod, each of which must be of type Directory."""
+    found = {}
+    for volume in pod_spec(daemon_set)["volumes"]:
+        if "hostPath" in volume:
+            assert volume["hostPath"]["type"] == "Directory", volume
+            found[volume["name"]] = volume["hostPath"]["path"]
+    return found
+
+
+def mount_of(daemon_set, container: str, volume: str) -> str:
+    (found,) = [c for c in all_containers(daemon_set) if c["name"] == container]
+    (mount,) = [m["mountPath"] for m in found["volumeMounts"] if m["name"] == volume]
+    return mount
+
+
+@pytest.mark.parametrize("stack", ["swtpm", "hwtpm"])
+def test_the_agents_ak_file_lies_on_a_node_directory_not_in_the_pod(run, stack):
+    program = run(stack)
+    daemon_set = next(d for d in agent_daemon_sets(program) if d.plain["metadata"]["name"] == "keylime-agent")
+    (config,) = [c for c in kube_objects(program, "ConfigMap") if c.plain["metadata"]["name"] == "keylime-agent-config"][:1]
+    agent_data = tomllib.loads(config.plain["data"]["agent.conf"])["agent"]["agent_data_path"]
+    mount = mount_of(daemon_set, "agent", "agent-state")
+    assert agent_data.startswith(mount + "/")
+    assert host_paths(daemon_set)["agent-state"] == "/var/lib/keylime-push/agent"
+
+
+def test_the_software_tpms_state_lies_on_a_node_directory_for_every_container_that_uses_it(swtpm):
+    for daemon_set in agent_daemon_sets(swtpm):
+        assert host_paths(daemon_set) == {"agent-state": "/var/lib/keylime-push/agent", "swtpm-state": "/var/lib/keylime-push/swtpm"}
+        init = next(c for c in all_containers(daemon_set) if c["name"] == "swtpm-init")
+        assert mount_of(daemon_set, "swtpm-init", "swtpm-state") == env_of(init)["SWTPM_STATE_DIR"]
+        assert mount_of(daemon_set, "swtpm", "swtpm-state") == env_of(init)["SWTPM_STATE_DIR"]
+
+
+@pytest.mark.parametrize(("uid", "gid"), [(490, 490), (1234, 2345)])
+def test_each_agent_clusters_node_is_prepared_for_exactly_those_directories_and_that_user_first(run, uid, gid):
+    program = run("swtpm", agentUid=uid, agentGid=gid)
+    for daemon_set in agent_daemon_sets(program):
+        cluster = daemon_set.name.removesuffix("-agent")
+        prepare = program.named(f"{cluster}-node-state")
+        assert prepare.plain["create"].endswith("kind-cluster.sh node-state")
+        assert prepare.plain["environment"]["NODE_STATE_OWNER"] == f"{uid}:{gid}"
+        assert prepare.plain["environment"]["NODE_STATE_DIRS"].split() == sorted(host_paths(daemon_set).values())
+        assert prepare.plain["triggers"] == [f"{cluster}-cluster-id"]
+        assert prepare.urn in daemon_set.dependencies
+
+
+def test_the_daemon_set_says_why_no_container_needs_root_for_its_host_paths(swtpm):
+    for daemon_set in agent_daemon_sets(swtpm):
+        why = daemon_set.plain["metadata"]["annotations"]["keylime-push.io/node-state"]
+        assert "/var/lib/keylime-push/agent" in why and "CAP_CHOWN" in why and "node-state" in why

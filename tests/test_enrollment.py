@@ -52,9 +52,9 @@ def test_stack_outputs_name_clusters_endpoints_and_hide_the_kubeconfig(run):
     program = run("swtpm", agentClusters=3, command_stdout=lambda name, inputs: {
         "enrollment-enroll": '{"enrolled": ["abc"]}', "enrollment-verify": '{"agents": []}'}.get(name, ""))
     outputs = program.outputs
-    assert outputs["agentHosts"].value == ["keylime-agents-1", "keylime-agents-2", "keylime-agents-3"]
-    assert outputs["infraCluster"].value == "keylime-infra"
-    assert outputs["verifierEndpoint"].value == "https://keylime-infra-control-plane:30881"
+    assert outputs["agentHosts"].value == ["keylime-swtpm-agents-1", "keylime-swtpm-agents-2", "keylime-swtpm-agents-3"]
+    assert outputs["infraCluster"].value == "keylime-swtpm-infra"
+    assert outputs["verifierEndpoint"].value == "https://keylime-swtpm-infra-control-plane:30881"
     assert outputs["enrolledAgents"].value == '{"enrolled": ["abc"]}' and not outputs["enrolledAgents"].secret
     assert outputs["attestation"].value == '{"agents": []}' and not outputs["attestation"].secret
     assert outputs["infraKubeconfig"].secret

@@ -124,6 +124,8 @@ def infra_alone() -> ProgramRun:
         InfraCluster(
             "alone",
             InfraClusterArgs(
+                cluster_name="keylime-ci-infra",
+                owner="keylime-push/ci",
                 images=builds,
                 configs={component: f"[{component}]\nalone = yes\n" for component in SERVER_COMPONENTS},
                 ca_cert_pem="CA",
@@ -136,6 +138,7 @@ def infra_alone() -> ProgramRun:
                 registrar_node_port=31100,
                 registrar_tls_node_port=31101,
                 verifier_node_port=31200,
+                listen_address="198.51.100.1",
             ),
             pulumi.ResourceOptions(providers=[command_provider, docker_provider]),
         )
@@ -172,6 +175,9 @@ def test_alone_the_servers_run_the_loaded_images_as_the_given_user_on_the_given_
     assert sorted(p["nodePort"] for s in services.values() for p in s["ports"]) == [31100, 31101, 31200]
     kind_config = yaml.safe_load(infra_alone.named("alone-cluster").plain["environment"]["KIND_CONFIG"])
     assert sorted(m["hostPort"] for m in kind_config["nodes"][0]["extraPortMappings"]) == [31100, 31101, 31200]
+    assert {m["listenAddress"] for m in kind_config["nodes"][0]["extraPortMappings"]} == {"198.51.100.1"}
+    assert kind_config["name"] == "keylime-ci-infra"
+    assert infra_alone.named("alone-cluster").plain["environment"]["CLUSTER_OWNER"] == "keylime-push/ci"
 
 
 def test_alone_every_object_waits_for_the_namespace_except_the_namespace(infra_alone):

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import subprocess
+from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 from components.images import git_head
 def test_kind_configs_publish_the_node_ports_on_the_infra_node_only(swtpm):
     infra = yaml.safe_load(swtpm.named("infra-cluster").plain["environment"]["KIND_CONFIG"])
-    assert infra["name"] == "keylime-infra"
+    assert infra["name"] == "keylime-swtpm-infra"
     (node,) = infra["nodes"]
     assert sorted(m["hostPort"] for m in node["extraPortMappings"]) == [30881, 30890, 30891]
-    assert all(m["containerPort"] == m["hostPort"] and m["listenAddress"] == "0.0.0.0" for m in node["extraPortMappings"])
+    assert all(m["containerPort"] == m["hostPort"] for m in node["extraPortMappings"])
     agents = yaml.safe_load(swtpm.named("agents-2-cluster").plain["environment"]["KIND_CONFIG"])
-    assert agents["name"] == "keylime-agents-2" and "extraPortMappings" not in agents["nodes"][0]
+    assert agents["name"] == "keylime-swtpm-agents-2" and "extraPortMappings" not in agents["nodes"][0]
 
 
 def test_a_cluster_is_replaced_delete_first_when_its_config_changes(swtpm):
@@ -86,3 +88,51 @@ def test_a_local_clone_is_identified_by_the_commit_git_resolves_even_in_a_worktr
     assert git_head(str(clone)) == git("rev-parse", "HEAD", cwd=clone)
     assert git_head(str(tmp_path / "worktree")) == git("rev-parse", "HEAD", cwd=tmp_path / "worktree") != git_head(str(clone))
     assert git_head(str(tmp_path)) == "unknown-commit"
+
+
+# --- each stack owns its clusters; ports stay on the host --------------------------------------
+
+def kind_configs(program) -> dict[str, dict]:
+    return {
+        r.name: yaml.safe_load(r.plain["environment"]["KIND_CONFIG"])
+        for r in program.of_type("command:local:Command")
+        if r.name.endswith("-cluster")
+    }
+
+
+def test_the_two_stacks_never_share_a_cluster(swtpm, hwtpm):
+    swtpm_names = sorted(config["name"] for config in kind_configs(swtpm).values())
+    assert swtpm_names == ["keylime-swtpm-agents-1", "keylime-swtpm-agents-2", "keylime-swtpm-infra"]
+    assert [config["name"] for config in kind_configs(hwtpm).values()] == ["keylime-hwtpm-infra"]
+    assert swtpm.outputs["infraCluster"].value == "keylime-swtpm-infra"
+
+
+def test_agents_dial_the_node_of_their_own_stacks_infra_cluster_and_its_certificate_names_it(swtpm):
+    assert swtpm.outputs["verifierEndpoint"].value == "https://keylime-swtpm-infra-control-plane:30881"
+    assert "keylime-swtpm-infra-control-plane" in swtpm.named("pki-verifier-csr").plain["dnsNames"]
+
+
+def test_every_cluster_is_created_and_deleted_as_this_stacks_own(swtpm):
+    for name in kind_configs(swtpm):
+        assert swtpm.named(name).plain["environment"]["CLUSTER_OWNER"] == "keylime-push/swtpm"
+
+
+def test_a_stack_name_that_cannot_name_a_kind_node_is_refused_before_anything_is_declared():
+    from components.settings import SettingsError, parse_settings
+
+    assert parse_settings({"tpmMode": "swtpm"}, "keylime-ci").stack == "keylime-ci"
+    with pytest.raises(SettingsError) as refused:
+        parse_settings({"tpmMode": "swtpm"}, "Prod_Cluster.1")
+    assert "pulumi stack name: got 'Prod_Cluster.1'" in str(refused.value)
+
+
+def test_swtpm_publishes_the_node_ports_on_loopback_only(swtpm):
+    mappings = kind_configs(swtpm)["infra-cluster"]["nodes"][0]["extraPortMappings"]
+    assert {m["listenAddress"] for m in mappings} == {"127.0.0.1"}
+
+
+def test_hwtpm_publishes_them_only_on_the_address_the_vm_dials_once_its_network_exists(hwtpm):
+    mappings = kind_configs(hwtpm)["infra-cluster"]["nodes"][0]["extraPortMappings"]
+    vm_dials = urlsplit(hwtpm.outputs["verifierEndpoint"].value).hostname
+    assert {m["listenAddress"] for m in mappings} == {vm_dials} == {"192.168.150.1"}
+    assert hwtpm.named("vm-network").urn in hwtpm.named("infra-cluster").dependencies

@@ -103,3 +103,11 @@ def test_alone_the_pki_declares_only_its_own_children_and_signs_with_its_own_ca(
     for cert in pki_alone.of_type(SIGNED):
         assert cert.plain["caCertPem"] == fake_pem("CERTIFICATE", "alone-ca")
         assert is_secret(cert.inputs["caPrivateKeyPem"])
+
+
+def test_every_certificate_renews_well_before_it_expires(swtpm):
+    certificates = swtpm.of_type(SIGNED) + swtpm.of_type(SELF_SIGNED)
+    assert len(certificates) == 5
+    for cert in certificates:
+        validity, early = cert.plain["validityPeriodHours"], cert.plain.get("earlyRenewalHours", 0)
+        assert 24 * 30 <= early <= validity // 4, cert.name

@@ -37,9 +37,6 @@ KUBECONFIG = "apiVersion: v1\nkind: Config\nclusters: []\nusers:\n- name: admin\
 EXPLICIT = PolicyProviderResource("pulumi:providers:kubernetes", engine_props({}), "urn:pulumi:s::p::pulumi:providers:kubernetes::infra-k8s", "infra-k8s")
 OPTIONS = PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None)
 
-# The Kind config of keylime-infra publishes the NodePorts on 0.0.0.0 today. Branch i11 binds them to
-# 127.0.0.1; when it lands these three violations go and this list becomes empty.
-HOST_PORT_VIOLATIONS_ON_MAIN = {("host-ports-bound", "infra-cluster", port) for port in (30890, 30891, 30881)}
 
 
 def args(resource_type: str, props: dict, name: str = "subject", provider=EXPLICIT, config=None) -> ResourceValidationArgs:
@@ -93,8 +90,8 @@ def unwrap(value):
 
 
 @pytest.mark.parametrize("stack", ["swtpm", "hwtpm"])
-def test_the_program_passes_every_policy_but_the_host_port_binding(stacks, stack):
-    assert summary(check(stacks[stack], stack)) == HOST_PORT_VIOLATIONS_ON_MAIN
+def test_the_program_passes_every_policy(stacks, stack):
+    assert summary(check(stacks[stack], stack)) == set()
 
 
 @pytest.mark.parametrize("stack", ["swtpm", "hwtpm"])
@@ -181,11 +178,11 @@ def test_a_dropped_san_is_refused_with_the_address_the_agent_dials(stacks):
         return lambda inputs: inputs.update(dnsNames=[n for n in inputs["dnsNames"] if n != name],
                                             ipAddresses=[a for a in inputs["ipAddresses"] if a != name])
 
-    swtpm = replaced(stacks["swtpm"], "pki-verifier-csr", drop("keylime-infra-control-plane"))
+    swtpm = replaced(stacks["swtpm"], "pki-verifier-csr", drop("keylime-swtpm-infra-control-plane"))
     found = [v for v in check(swtpm, "swtpm") if v.policy == "dialed-addresses-are-sans"]
     assert [v.message.split(", which")[0] for v in found] == [
         f"kubernetes:core/v1:ConfigMap 'agents-{n}-config' (keylime/keylime-agent-config): the agent dials the verifier at "
-        "'keylime-infra-control-plane'" for n in (1, 2)
+        "'keylime-swtpm-infra-control-plane'" for n in (1, 2)
     ]
     assert all(", which is not a SAN of tls:index/certRequest:CertRequest 'pki-verifier-csr'" in v.message for v in found)
     assert {v.resource for v in found} == {swtpm.named("pki-verifier-csr").urn}
@@ -215,7 +212,7 @@ def test_binding_the_infra_ports_to_loopback_would_cut_the_vm_s_agent_off(stacks
 
     def loopback(inputs):
         environment = unwrap(inputs["environment"])
-        environment["KIND_CONFIG"] = environment["KIND_CONFIG"].replace("0.0.0.0", "127.0.0.1")
+        environment["KIND_CONFIG"] = environment["KIND_CONFIG"].replace("192.168.150.1", "127.0.0.1")
 
     hwtpm = check(replaced(stacks["hwtpm"], "infra-cluster", loopback), "hwtpm")
     assert [v.message for v in hwtpm] == [
@@ -389,9 +386,10 @@ def test_tpm_policy_minimal():
 
 def test_host_ports_bound_minimal():
     validate = rules.validate_host_ports_bound
-    loopback = kind_config("keylime-infra", (30881,)).replace("0.0.0.0", "127.0.0.1")
+    loopback = kind_config("keylime-infra", (30881,), "127.0.0.1")
     assert violations(validate, args("command:local:Command", {"environment": {"KIND_CONFIG": loopback}})) == []
-    assert violations(validate, args("command:local:Command", {"environment": {"KIND_CONFIG": kind_config("keylime-infra", (30881,))}}, name="infra-cluster")) == [
+    everywhere = kind_config("keylime-infra", (30881,), "0.0.0.0")
+    assert violations(validate, args("command:local:Command", {"environment": {"KIND_CONFIG": everywhere}}, name="infra-cluster")) == [
         "command:local:Command 'infra-cluster': Kind node 0 extraPortMappings publishes host port 30881 on every interface "
         "(listen address '0.0.0.0'); bind it to 127.0.0.1 or to the one address its clients dial"
     ]
@@ -438,7 +436,7 @@ def test_agent_endpoints_published_minimal():
         return resource("kubernetes:core/v1:ConfigMap", "cfg", {"metadata": {"name": "cfg"}, "data": {"agent.conf": conf}})
 
     def kind(address: str) -> PolicyResource:
-        config = kind_config("keylime-infra", (30890,)).replace("0.0.0.0", address)
+        config = kind_config("keylime-infra", (30890,), address)
         return resource("command:local:Command", "infra-cluster", {"environment": {"KIND_CONFIG": config}})
 
     service = resource("kubernetes:core/v1:Service", "svc", {"spec": {"type": "NodePort", "ports": [{"port": 8890, "nodePort": 30890}]}})

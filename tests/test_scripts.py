@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,8 +55,16 @@ def fakes(tmp_path) -> Fakes:
     return Fakes(tmp_path)
 
 
+OWNER = "keylime-push/swtpm"
+
+
 def kind_cluster(fakes: Fakes, verb: str, name: str = "keylime-agents-1", **extra: str):
-    return fakes.run([str(KIND_SCRIPT), verb], CLUSTER_NAME=name, KIND_CONFIG=kind_config(name), **extra)
+    env = {"CLUSTER_NAME": name, "KIND_CONFIG": kind_config(name), "CLUSTER_OWNER": OWNER, **extra}
+    return fakes.run([str(KIND_SCRIPT), verb], **env)
+
+
+def node_file(fakes: Fakes, path: str, name: str = "keylime-agents-1") -> Path:
+    return fakes.state / "nodes" / f"{name}-control-plane" / path.lstrip("/")
 
 
 def enroll(fakes: Fakes, action: str, expected: int = 2, policy: str = json.dumps({"8": ZEROS}), **extra: str):
@@ -70,11 +82,79 @@ def test_create_makes_the_cluster_from_the_generated_config(fakes):
     assert (fakes.state / "clusters" / "keylime-agents-1").read_text().strip() == kind_config("keylime-agents-1").strip()
 
 
-def test_create_adopts_a_cluster_left_by_a_failed_run(fakes):
+def test_create_marks_the_cluster_with_its_owner_and_configuration(fakes):
+    assert kind_cluster(fakes, "create").returncode == 0
+    mark = node_file(fakes, "/etc/keylime-push/cluster").read_text()
+    config_hash = hashlib.sha256((kind_config("keylime-agents-1") + "\n").encode()).hexdigest()
+    assert mark == f"owner={OWNER} config-sha256={config_hash}\n"
+
+
+def test_create_adopts_a_healthy_cluster_it_made_from_the_same_configuration(fakes):
     kind_cluster(fakes, "create")
     again = kind_cluster(fakes, "create")
     assert again.returncode == 0 and "adopting" in again.stdout
     assert fakes.calls().count("create cluster") == 1
+
+
+def test_create_refuses_a_cluster_another_stack_made_and_leaves_it_alone(fakes):
+    kind_cluster(fakes, "create", CLUSTER_OWNER="keylime-push/hwtpm")
+    result = kind_cluster(fakes, "create")
+    assert result.returncode == 1
+    assert "belongs to keylime-push/hwtpm, not keylime-push/swtpm; refusing to adopt it" in result.stderr
+    assert "delete cluster" not in fakes.calls() and fakes.calls().count("create cluster") == 1
+
+
+def test_create_refuses_a_cluster_without_a_mark(fakes):
+    kind_cluster(fakes, "create", FAKE_KIND_FAIL="interrupted")
+    result = kind_cluster(fakes, "create")
+    assert result.returncode == 1 and "carries no keylime-push mark" in result.stderr
+    assert "kind delete cluster --name keylime-agents-1" in result.stderr
+    assert "delete cluster" not in fakes.calls() and fakes.clusters() == {"keylime-agents-1"}
+
+
+def test_create_recreates_its_own_cluster_when_the_api_server_does_not_answer(fakes):
+    kind_cluster(fakes, "create")
+    node_file(fakes, ".unhealthy").touch()
+    result = kind_cluster(fakes, "create")
+    assert result.returncode == 0, result.stderr
+    assert "does not answer; recreating it" in result.stdout
+    assert fakes.calls().count("create cluster") == 2 and fakes.calls().count("delete cluster") == 1
+    assert not node_file(fakes, ".unhealthy").exists() and node_file(fakes, "/etc/keylime-push/cluster").exists()
+
+
+def test_create_recreates_its_own_cluster_made_from_another_configuration(fakes):
+    kind_cluster(fakes, "create", KIND_CONFIG=kind_config("keylime-agents-1") + "# older\n")
+    result = kind_cluster(fakes, "create")
+    assert result.returncode == 0 and "another configuration; recreating it" in result.stdout
+    assert (fakes.state / "clusters" / "keylime-agents-1").read_text().strip() == kind_config("keylime-agents-1").strip()
+
+
+def test_delete_leaves_a_cluster_another_stack_made(fakes):
+    kind_cluster(fakes, "create", CLUSTER_OWNER="keylime-push/hwtpm")
+    result = kind_cluster(fakes, "delete")
+    assert result.returncode == 1 and "belongs to keylime-push/hwtpm" in result.stderr
+    assert fakes.clusters() == {"keylime-agents-1"}
+
+
+def test_node_state_gives_the_directories_to_the_agents_user_on_the_node(fakes):
+    kind_cluster(fakes, "create")
+    dirs = "/var/lib/keylime-push/agent /var/lib/keylime-push/swtpm"
+    result = kind_cluster(fakes, "node-state", NODE_STATE_OWNER="490:491", NODE_STATE_DIRS=dirs)
+    assert result.returncode == 0, result.stderr
+    for path in dirs.split():
+        info = node_file(fakes, path).stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (490, 491, 0o700)
+    assert "docker exec -i keylime-agents-1-control-plane bash -s -- 490:491 " + dirs in fakes.calls()
+
+
+def test_node_state_hands_kept_state_to_a_new_agent_user(fakes):
+    kind_cluster(fakes, "create")
+    kind_cluster(fakes, "node-state", NODE_STATE_OWNER="490:490", NODE_STATE_DIRS="/var/lib/keylime-push/agent")
+    kept = node_file(fakes, "/var/lib/keylime-push/agent/agent_data.json")
+    kept.write_text("{}")
+    os.chown(kept, 490, 490)
+    kind_cluster(fakes, "node-state", NODE_STATE_OWNER="1000:1000", NODE_STATE_DIRS="/var/lib/keylime-push/agent")
+    assert (kept.stat().st_uid, kept.stat().st_gid) == (1000, 1000)
 
 
 def test_delete_succeeds_when_the_cluster_is_already_gone(fakes):
@@ -174,6 +254,26 @@ def test_delete_succeeds_when_the_infra_cluster_is_gone(fakes):
     fakes.set(reachable=False)
     result = enroll(fakes, "delete")
     assert result.returncode == 0 and "nothing to remove" in result.stderr
+
+
+def test_delete_is_best_effort_when_the_api_answers_but_the_tenant_cannot_be_reached(fakes):
+    fakes.set(registered=[AGENT_A], tenant=False)
+    result = enroll(fakes, "delete")
+    assert result.returncode == 0, result.stderr
+    assert 'container not found ("tenant")' in result.stderr and "left the enrollments" in result.stderr
+
+
+def test_a_missing_kubectl_never_passes_for_a_cluster_that_is_gone(fakes, tmp_path):
+    # Everything kube.sh needs but kubectl.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "mktemp", "chmod", "rm"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    (bin_dir / "python3").symlink_to(os.path.realpath(sys.executable))
+    for action in ("delete", "add", "verify"):
+        result = enroll(fakes, action, PATH=str(bin_dir))
+        assert result.returncode == 1, (action, result.stderr)
+        assert "kubectl is not installed or not on PATH" in result.stderr
 
 
 def test_verify_passes_when_every_agent_attested(fakes):

@@ -69,7 +69,8 @@ def test_each_cluster_gets_its_own_kubernetes_provider_keyed_to_its_cluster(run)
     for provider in providers:
         cluster = provider.name.removesuffix("-k8s")
         assert provider.plain["clusterIdentifier"] == f"{cluster}-cluster-id"
-        assert provider.plain["deleteUnreachable"] == "true"
+        # A refresh while Docker is down must fail, not drop the cluster's objects from the state.
+        assert "deleteUnreachable" not in provider.plain
         for obj in kube_objects(program, obj_kind := "Namespace", cluster):
             assert obj_kind and obj.provider.startswith(provider.urn)
 

@@ -117,7 +117,8 @@ def test_the_hardware_agent_takes_the_tpm_from_the_device_plugin_without_privile
     spec = pod_spec(agent_set)
     assert "initContainers" not in spec
     assert "supplementalGroups" not in spec["securityContext"]
-    assert not any("hostPath" in volume for volume in spec["volumes"])
+    # The one hostPath is the agent's own state on the node (its AK), which the VM's node-state gives it.
+    assert [v["hostPath"] for v in spec["volumes"] if "hostPath" in v] == [{"path": "/var/lib/keylime-push/agent", "type": "Directory"}]
     (agent,) = spec["containers"]
     env = env_of(agent)
     assert env["TCTI"] == "device:/dev/tpmrm0" and env["KEYLIME_AGENT_RUN_AS"] == ""
@@ -210,25 +211,57 @@ def test_images_stream_into_the_vm_with_the_pinned_host_key_and_no_key_left_behi
     assert shutil.which("ssh", path=str(VM_FAKES))
 
 
-def test_readiness_is_the_repository_script_run_over_ssh(hwtpm):
-    assert hwtpm.named("vm-ready").plain["create"] == (ROOT / "components" / "scripts" / "vm-wait-ready.sh").read_text()
+def test_readiness_is_the_repository_script_run_over_ssh_knowing_where_the_bootstrap_is(hwtpm):
+    ready = hwtpm.named("vm-ready").plain
+    assert ready["stdin"] == (ROOT / "components" / "scripts" / "vm-wait-ready.sh").read_text()
+    assert ready["create"] == f"BOOTSTRAP={cloud_init.BOOTSTRAP_PATH} BOOTSTRAP_ENV={cloud_init.BOOTSTRAP_ENV_PATH} bash -s"
 
 
-@pytest.mark.parametrize("failing", [None, "cloud-init"])
-def test_readiness_waits_for_cloud_init_then_the_node_and_shows_the_bootstrap_log_on_failure(vm_fakes, failing):
+def wait_ready(vm_fakes, failing: str = ""):
     tmp_path, env, _ = vm_fakes
     script = ROOT / "components" / "scripts" / "vm-wait-ready.sh"
-    result = subprocess.run(["bash", str(script)], env={**env, "FAKE_FAIL": failing or ""}, capture_output=True, text=True, check=False)
+    env = {**env, "FAKE_FAIL": failing, "BOOTSTRAP": cloud_init.BOOTSTRAP_PATH, "BOOTSTRAP_ENV": cloud_init.BOOTSTRAP_ENV_PATH}
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=False)
+    return result, (tmp_path / "vm-calls.log").read_text().splitlines()
+
+
+NODE_READY = "sudo kubectl --kubeconfig /etc/kubernetes/admin.conf wait node --all --for=condition=Ready --timeout=600s"
+BOOTSTRAP_AGAIN = f"sudo {cloud_init.BOOTSTRAP_PATH} {cloud_init.BOOTSTRAP_ENV_PATH}"
+
+
+def test_readiness_waits_for_cloud_init_then_the_node(vm_fakes):
+    result, calls = wait_ready(vm_fakes)
+    assert result.returncode == 0, result.stderr
+    assert calls == ["cloud-init status --wait", NODE_READY]
+
+
+def test_readiness_shows_a_failed_bootstrap_and_runs_it_again_so_another_up_retries_it(vm_fakes):
+    result, calls = wait_ready(vm_fakes, "cloud-init")
+    assert result.returncode == 0, result.stderr
+    assert calls == ["cloud-init status --wait", "sudo tail -n 50 /var/log/cloud-init-output.log", BOOTSTRAP_AGAIN, NODE_READY]
+
+
+def test_readiness_fails_without_waiting_for_the_node_when_the_bootstrap_fails_again(vm_fakes):
+    result, calls = wait_ready(vm_fakes, "cloud-init sudo")
+    assert result.returncode == 1 and "running the bootstrap again" in result.stderr
+    assert BOOTSTRAP_AGAIN in calls and NODE_READY not in calls
+
+
+def test_a_bootstrap_run_again_after_a_partial_kubeadm_init_resets_it_first(vm_fakes):
+    tmp_path, env, env_file = vm_fakes
+    manifests = tmp_path / "root" / "etc" / "kubernetes" / "manifests"
+    manifests.mkdir(parents=True)
+    (manifests / "kube-apiserver.yaml").write_text("kind: Pod\n")
+    result = subprocess.run([str(BOOTSTRAP), str(env_file)], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
     calls = (tmp_path / "vm-calls.log").read_text()
-    if failing:
-        assert result.returncode == 1
-        assert "sudo tail -n 50 /var/log/cloud-init-output.log" in calls and "kubectl" not in calls
-    else:
-        assert result.returncode == 0, result.stderr
-        assert calls.splitlines() == [
-            "cloud-init status --wait",
-            "sudo kubectl --kubeconfig /etc/kubernetes/admin.conf wait node --all --for=condition=Ready --timeout=600s",
-        ]
+    assert "kubeadm reset --force" in calls and calls.index("kubeadm reset --force") < calls.index("kubeadm init")
+
+
+def test_a_first_bootstrap_does_not_reset(vm_fakes):
+    tmp_path, env, env_file = vm_fakes
+    subprocess.run([str(BOOTSTRAP), str(env_file)], env=env, capture_output=True, text=True, check=True)
+    assert "kubeadm reset" not in (tmp_path / "vm-calls.log").read_text()
 
 
 def test_the_vm_is_the_one_agent_host_enrollment_waits_for_and_re_enrolls_on(hwtpm):
@@ -236,3 +269,33 @@ def test_the_vm_is_the_one_agent_host_enrollment_waits_for_and_re_enrolls_on(hwt
     assert enroll.plain["triggers"] == ["infra-cluster-id", "vm-domain-id"]
     assert enroll.plain["environment"]["EXPECTED_AGENTS"] == "1"
     assert hwtpm.outputs["agentHosts"].value == ["keylime-vtpm"]
+
+
+# --- day 2: the node's state, a fresh disk for a new domain ------------------------------------
+
+def test_the_vm_is_prepared_for_the_agents_host_path_as_root_over_ssh_before_the_agent_starts(run):
+    program = run("hwtpm", agentUid=1234, agentGid=2345)
+    prepare = program.named("vm-node-state").plain
+    assert prepare["stdin"] == (ROOT / "components" / "scripts" / "node-state.sh").read_text()
+    assert prepare["create"] == "sudo bash -s -- 1234:2345 /var/lib/keylime-push/agent"
+    assert prepare["triggers"] == ["vm-domain-id"]
+    (agent_set,) = [d for d in kube_objects(program, "DaemonSet", "vm") if d.plain["metadata"]["name"] == "keylime-agent"]
+    assert program.named("vm-node-state").urn in agent_set.dependencies
+
+
+def disks(program) -> tuple[str, str]:
+    return program.named("vm-root").plain["name"], program.named("vm-cloud-init").plain["name"]
+
+
+@pytest.mark.parametrize("change", [{"vmCpus": 4}, {"vmMemoryMiB": 8192}, {"vmImage": "https://images.example.org/noble.img"}, {"vmNetworkCidr": "10.77.0.0/24"}])
+def test_whatever_replaces_the_domain_replaces_its_root_disk_too(run, hwtpm, change):
+    assert all(name != other for name, other in zip(disks(hwtpm), disks(run("hwtpm", **change))))
+
+
+def test_the_disks_keep_their_names_while_nothing_about_the_guest_changes(run, hwtpm):
+    assert disks(run("hwtpm")) == disks(hwtpm)
+    assert disks(run("hwtpm", extraSans=["attest.example.org"])) == disks(hwtpm)
+
+
+def test_the_domain_goes_before_its_replacement_comes(hwtpm):
+    assert hwtpm.named("vm-domain").delete_before_replace is True

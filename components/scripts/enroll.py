@@ -4,13 +4,15 @@
     enroll.py add      wait (bounded) for EXPECTED_AGENTS registrations, enroll each one not yet enrolled,
                        and re-enroll each one enrolled with another TPM policy than TPM_POLICY
     enroll.py update   the same (what a changed TPM_POLICY runs)
-    enroll.py delete   remove every agent from the verifier; succeeds when the infra cluster is gone
+    enroll.py delete   remove every agent from the verifier, best effort: succeeds when the infra cluster
+                       is gone or its tenant cannot be reached (the enrollments go with the cluster)
     enroll.py verify   wait (bounded) until every registered agent is enrolled with TPM_POLICY and PASS
 
 Which agents need (re-)enrolling and what counts as attested are decided by controller/enrollment.py, the
 module the attestation controller decides with, so the two never disagree. The controller also removes
 registrations of agents that do not run; this script cannot see the agent clusters and never removes any.
 
+A kube.sh that cannot run at all (exit 126/127: no kubectl, no bash) fails every action, delete included.
 Environment: TPM_POLICY (JSON), EXPECTED_AGENTS, WAIT_SECONDS (default 300), POLL_SECONDS (default 5),
 KUBE_SH (default: kube.sh beside this file) and what kube.sh reads (KUBECONFIG_DATA).
 add/update print {"enrolled": [...]} and verify prints {"agents": [...]} as JSON on stdout; progress
@@ -41,14 +43,27 @@ class Failure(Exception):
     """The agents did not reach the wanted state; the message says which and why."""
 
 
+class CannotRun(Exception):
+    """A local tool is missing: says nothing about the cluster, so no action may take it for an answer."""
+
+
+# The shell's "found but not executable" and "not found".
+SHELL_CANNOT_RUN = (126, 127)
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def kube(*args: str) -> str:
     kube_sh = os.environ.get("KUBE_SH", str(Path(__file__).with_name("kube.sh")))
-    result = subprocess.run([kube_sh, *args], capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run([kube_sh, *args], capture_output=True, text=True, check=False)
+    except OSError as error:
+        raise CannotRun(f"cannot run {kube_sh}: {error}") from None
     output = result.stdout + result.stderr
+    if result.returncode in SHELL_CANNOT_RUN:
+        raise CannotRun(output.strip())
     if result.returncode != 0:
         raise Failure(f"kube.sh {' '.join(args[:3])} failed (exit {result.returncode}):\n{output.strip()}")
     return output
@@ -123,7 +138,7 @@ def wait_for_registrations(expected: int, wait: float, poll: float) -> list[str]
             raise Failure(
                 f"only {len(agents)} of {expected} agents registered within {wait:.0f} s "
                 f"(registered: {', '.join(agents) or 'none'}); read the agent logs with "
-                "kubectl --context kind-keylime-agents-<n> -n keylime logs ds/keylime-agent -c agent"
+                "kubectl --context kind-keylime-<stack>-agents-<n> -n keylime logs ds/keylime-agent -c agent"
             )
         log(f"{len(agents)} of {expected} agents registered; waiting")
         time.sleep(poll)
@@ -164,11 +179,17 @@ def delete() -> dict[str, object]:
     except Failure:
         log("the infra cluster does not answer; its agents went with it, nothing to remove")
         return {"removed": []}
-    agents = enrolled()
-    for agent in agents:
-        log(f"removing {agent} from the verifier")
-        tenant("-c", "delete", "-u", agent, "--push-model")
-    return {"removed": agents}
+    removed: list[str] = []
+    try:
+        for agent in enrolled():
+            log(f"removing {agent} from the verifier")
+            tenant("-c", "delete", "-u", agent, "--push-model")
+            removed.append(agent)
+    except Failure as error:
+        # The API answers but the tenant does not: its pod, or the whole cluster, is going away. What is
+        # left enrolled lives in the verifier's database on that cluster; a destroy must not stop here.
+        log(f"{error}\nthe tenant cannot be reached; left the enrollments not yet removed to go with the infra cluster")
+    return {"removed": removed}
 
 
 def failure_reason(agent: str) -> str:
@@ -226,7 +247,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         result = ACTIONS[argv[1]]()
-    except Failure as error:
+    except (Failure, CannotRun) as error:
         print(f"enroll.py {argv[1]}: {error}", file=sys.stderr)
         return 1
     print(json.dumps(result, sort_keys=True))

@@ -8,6 +8,12 @@ set -euo pipefail
 
 namespace="${KEYLIME_NAMESPACE:-keylime}"
 
+# Said apart from any answer of the cluster: a caller must never take a missing tool for a cluster that is gone.
+if ! command -v kubectl >/dev/null; then
+    echo "kube.sh: kubectl is not installed or not on PATH" >&2
+    exit 127
+fi
+
 if [[ -n "${KUBECONFIG_DATA:-}" ]]; then
     kubeconfig="$(mktemp)"
     trap 'rm -f "${kubeconfig}"' EXIT

@@ -46,6 +46,10 @@ done
 systemctl restart containerd
 
 if [[ ! -f "${root}/etc/kubernetes/admin.conf" ]]; then
+    # An earlier run stopped inside kubeadm init: its static pods and files would fail init's preflight.
+    if [[ -n "$(ls -A "${root}/etc/kubernetes/manifests" 2>/dev/null)" ]]; then
+        kubeadm reset --force
+    fi
     kubeadm init \
         --pod-network-cidr "${POD_CIDR}" \
         --service-cidr "${SERVICE_CIDR}" \

@@ -6,7 +6,7 @@ import json
 
 from tools.lab.session import run_enrollment as run_enroll
 
-__all__ = ["as_verifier_stores", "command", "run_enroll", "verifier_policy", "verifier_view"]
+__all__ = ["as_verifier_stores", "command", "registrar_view", "run_enroll", "verifier_policy", "verifier_view"]
 
 
 def command(run, name: str) -> dict:
@@ -20,6 +20,14 @@ def verifier_view(infra, uuid: str) -> dict | None:
     marker = "Agent Info from Verifier"
     if marker not in result.stdout:
         return None
+    return json.loads(result.stdout.split(marker, 1)[1].split("\n", 2)[1])[uuid]
+
+
+def registrar_view(infra, uuid: str) -> dict:
+    """The registrar's record of an activated agent, as `keylime_tenant -c status` shows it."""
+    result = infra.tenant("-c", "status", "-u", uuid, "--push-model")
+    marker = "Agent Info from Registrar"
+    assert marker in result.stdout, result.stdout + result.stderr
     return json.loads(result.stdout.split(marker, 1)[1].split("\n", 2)[1])[uuid]
 
 

@@ -88,10 +88,10 @@ def world(lab, infra, tmp_path):
     policy = {"value": json.dumps({"8": ZEROS})}
     for uuid in verifier.agents():  # what earlier lab tests enrolled (the next test that uses it enrolls it afresh)
         verifier.delete(uuid)
-    a = lab.new_agent("controller-a", own_pod=True)
-    b = lab.new_agent("controller-b", own_pod=True)
-    c = lab.new_agent("controller-c", own_pod=True)
-    d = lab.new_agent("controller-d", own_pod=True)
+    a = lab.new_agent("controller-a")
+    b = lab.new_agent("controller-b")
+    c = lab.new_agent("controller-c")
+    d = lab.new_agent("controller-d")
     store = tmp_path / "ek-trust"
     store.mkdir()
     for agent in (a, c, d):  # b's EK is signed by a CA the store does not have
@@ -315,7 +315,7 @@ def test_the_controller_program_runs_from_its_configuration_alone(lab, infra, tm
            "KEYLIME_CA": tls.ca, "CLIENT_CERT": tls.cert, "CLIENT_KEY": tls.key,
            "POLICY_FILE": str(tmp_path / "policy.json"), "CLUSTERS_FILE": str(tmp_path / "clusters.json"),
            "AGENT_NAMESPACE": NAMESPACE, "INTERVAL_SECONDS": "0.5", "METRICS_PORT": str(port)}
-    agent = lab.new_agent("controller-e", own_pod=True)
+    agent = lab.new_agent("controller-e")
     verifier = Verifier(env["VERIFIER_URL"], tls)
     process = subprocess.Popen([sys.executable, "-m", "controller", "run"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,9 @@ from helpers import ROOT
 
 from tools.lab.agent import AK_HANDLE, SETUP_EK_HANDLE
 
+from .steps import registrar_view
+
 pytestmark = pytest.mark.lab
-
-
-def registrar_view(infra, uuid: str) -> dict:
-    """The registrar's record of an activated agent, as `keylime_tenant -c status` shows it."""
-    result = infra.tenant("-c", "status", "-u", uuid, "--push-model")
-    marker = "Agent Info from Registrar"
-    assert marker in result.stdout, result.stdout + result.stderr
-    return json.loads(result.stdout.split(marker, 1)[1].split("\n", 2)[1])[uuid]
 
 
 def test_the_init_container_certifies_an_ek_in_the_pods_tpm_with_the_repositorys_script(agent):

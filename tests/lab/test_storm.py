@@ -44,7 +44,7 @@ def storm_lab():
 @pytest.fixture(scope="module")
 def fleet(storm_lab):
     """64 agents, registered (the registrar does not rate-limit), none logged in yet."""
-    agents = Fleet(storm_lab, [storm_lab.new_agent(f"tpm-{index}", own_pod=True) for index in range(TPMS)], AGENTS, "storm")
+    agents = Fleet(storm_lab, [storm_lab.new_agent(f"tpm-{index}") for index in range(TPMS)], AGENTS, "storm")
     agents.register()
     return agents
 

@@ -6,11 +6,15 @@ declared ConfigMap) creates its EK and EK certificate, and the sidecar's declare
 both as the pod's user, only moved to free ports. The agent's side is tpm2-tools:
 
     agent = EmulatedAgent(pod, workdir); agent.start()
-    agent.create_identity()             # EK and AK, persisted; agent.uuid is the hash_ek UUID
+    agent.create_identity()             # EK, and the AK from agent_data.json (or a new one, stored there)
     agent.register("http://127.0.0.1:8890")   # registration and activation at the registrar
+    agent.restart(new_pod)              # the pod replaced on the same node: init, sidecar, agent again
     agent.stop()
 
-Later steps of the push protocol (PoP session, quotes) build on `tpm()` and the persisted AK.
+As rust-keylime 0.2.9 does (keylime/src/context_info.rs), the agent keeps its AK in agent.conf's
+`agent_data_path`, written and read as the agent container's user: a restarted agent loads that AK
+when the file is valid for its EK, and makes (and stores) a new one otherwise.
+Later steps of the push protocol (PoP session, quotes) build on `tpm()` and the loaded AK.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import re
 import socket
 import subprocess
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -32,14 +37,23 @@ from typing import Any
 from .pod import Pod
 
 # swtpm_setup (the init container) persists the EK it certified at 0x81010001. The agent creates its EK
-# from the standard template, as keylime_push_model_agent does; the emulation persists it beside that one
-# (swtpm has no resource manager, so transient objects cannot outlive a tpm2-tools call).
+# from the standard template and loads its AK, as keylime_push_model_agent does; the emulation keeps both
+# at persistent handles of its own (swtpm has no resource manager, so transient objects cannot outlive a
+# tpm2-tools call), and clears them whenever the agent process starts, as a process's transient objects go.
 SETUP_EK_HANDLE = "0x81010001"
 EK_HANDLE = "0x81010010"
 AK_HANDLE = "0x81000010"
 RSA_EK_CERT_INDEX = "0x1c00002"
 TPM_TIMEOUT = 60
 HTTP_TIMEOUT = 30
+DEFAULT_AGENT_DATA = "agent_data.json"
+AK_HASH_ALG, AK_SIGN_ALG = "sha256", "rsassa"
+
+
+class RegistrationRefused(RuntimeError):
+    def __init__(self, step: str, status: int, answer: dict[str, Any]):
+        self.status = status
+        super().__init__(f"{step} answered {status}: {answer}")
 
 
 def free_port_pair() -> int:
@@ -65,23 +79,27 @@ def _with_port(option: str, ports: dict[int, int]) -> str:
 
 class EmulatedAgent:
     def __init__(self, pod: Pod, workdir: Path):
-        self.pod = pod
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
+        self._use(pod)
+        self.ports: dict[int, int] = {}
+        self.process: subprocess.Popen | None = None
+        self.log: Any = None
+        self.init_output = ""
+        self.last_init_output = ""
+        self.uuid: str | None = None
+        self.registered = False
+        self.ek_cert: bytes | None = None
+
+    def _use(self, pod: Pod) -> None:
         init_containers = pod.spec.get("initContainers", [])
         inits = [c for c in init_containers if c.get("restartPolicy") != "Always"]
         sidecars = [c for c in init_containers if c.get("restartPolicy") == "Always"]
         if len(inits) != 1 or len(sidecars) != 1:
             raise ValueError("expected one init container and one TPM sidecar in the agent pod")
+        self.pod = pod
         self.init, self.sidecar = inits[0], sidecars[0]
         self.agent_container = pod.spec["containers"][0]
-        self.ports: dict[int, int] = {}
-        self.process: subprocess.Popen | None = None
-        self.log: Any = None
-        self.init_output = ""
-        self.uuid: str | None = None
-        self.registered = False
-        self.ek_cert: bytes | None = None
 
     # --- the pod's TPM --------------------------------------------------------------------------
 
@@ -108,7 +126,8 @@ class EmulatedAgent:
         if init.returncode != 0:
             raise RuntimeError(f"the init container failed:\n{init.stdout}{init.stderr}")
         # What the first run printed: a reboot finds the state initialised and says only that.
-        self.init_output = self.init_output or init.stdout + init.stderr
+        self.last_init_output = init.stdout + init.stderr
+        self.init_output = self.init_output or self.last_init_output
         declared = self._declared_ports()
         port = free_port_pair()
         self.ports = {declared["--server"]: port, declared["--ctrl"]: port + 1}
@@ -169,6 +188,20 @@ class EmulatedAgent:
         self.stop()
         self.start()
 
+    def restart(self, pod: Pod, keep_agent_data: bool = True) -> None:
+        """The pod replaced by `pod` (a rollout, an upgrade, a deleted pod) on the same node: init container,
+        TPM sidecar and agent process start again on whatever the new pod's volumes keep. Without
+        `keep_agent_data` the agent's AK file is lost first, as it was on an emptyDir."""
+        if self.process is not None:
+            self.tpm("tpm2_shutdown")
+        self.stop()
+        self._use(pod)
+        if not keep_agent_data:
+            self.agent_data_path.unlink(missing_ok=True)
+        self.registered = False
+        self.start()
+        self.create_identity()
+
     def send(self, command: bytes) -> bytes:
         """One raw TPM command through tpm2_send; the response as bytes."""
         env = {**os.environ, "TPM2TOOLS_TCTI": self.tcti}
@@ -187,19 +220,71 @@ class EmulatedAgent:
 
     # --- identity and registration --------------------------------------------------------------
 
+    @property
+    def agent_data_path(self) -> Path:
+        """agent.conf's agent_data_path (rust-keylime's default: agent_data.json in keylime_dir), on this machine."""
+        name = self.agent_container["name"]
+        conf = tomllib.loads(Path(self.pod.env(name)["KEYLIME_AGENT_CONFIG"]).read_text())["agent"]
+        declared = conf.get("agent_data_path", "default")
+        if declared == "default":
+            declared = f"{conf['keylime_dir']}/{DEFAULT_AGENT_DATA}"
+        return self.pod.path(name, declared)
+
+    def _as_agent(self, argv: list[str], data: bytes | None = None) -> bytes:
+        """Run `argv` as the agent container's user: its files are only what that user can read and write."""
+        result = subprocess.run(self.pod.as_user(self.agent_container["name"], argv), input=data, capture_output=True,
+                                timeout=TPM_TIMEOUT, check=False)
+        if result.returncode != 0:
+            raise PermissionError(f"the agent's user cannot {' '.join(argv)}: {result.stderr.decode(errors='replace').strip()}")
+        return result.stdout
+
+    def _stored_ak(self, ek_hash: str) -> dict[str, Any] | None:
+        """The AK agent_data.json holds, if it was made for this EK and these algorithms (AgentData::valid)."""
+        if not self.agent_data_path.exists():
+            return None
+        data = json.loads(self._as_agent(["cat", str(self.agent_data_path)]))
+        valid = (data["ak_hash_alg"], data["ak_sign_alg"], bytes(data["ek_hash"])) == (AK_HASH_ALG, AK_SIGN_ALG, ek_hash.encode())
+        return data if valid else None
+
+    def _clear_handle(self, handle: str) -> None:
+        if self.tpm("tpm2_readpublic", "-c", handle, check=False).returncode == 0:
+            self.tpm("tpm2_evictcontrol", "-C", "o", "-c", handle)
+
     def create_identity(self) -> str:
-        """EK and AK (RSA, sha256/rsassa: the only kind the verifier's proof of possession accepts), persisted."""
+        """What the agent does when it starts: the EK from the standard template (its SHA-256 is the hash_ek
+        UUID), then the AK (RSA, sha256/rsassa: the only kind the verifier's proof of possession accepts)
+        loaded from agent_data.json, or created and stored there."""
+        for handle in (AK_HANDLE, EK_HANDLE):
+            self._clear_handle(handle)
         self.tpm("tpm2_createek", "-c", EK_HANDLE, "-G", "rsa", "-u", "ek.pub")
         self.tpm("tpm2_readpublic", "-c", EK_HANDLE, "-o", "ek.pem", "-f", "pem")
         self.tpm("tpm2_readpublic", "-c", SETUP_EK_HANDLE, "-o", "certified-ek.pem", "-f", "pem")
-        self.tpm("tpm2_createak", "-C", EK_HANDLE, "-c", "ak.ctx", "-G", "rsa", "-g", "sha256", "-s", "rsassa",
-                 "-u", "ak.pub", "-n", "ak.name")
+        uuid = hashlib.sha256((self.workdir / "ek.pem").read_bytes()).hexdigest()
+        stored = self._stored_ak(uuid)
+        if stored is None:
+            self.tpm("tpm2_createak", "-C", EK_HANDLE, "-c", "ak.ctx", "-G", "rsa", "-g", AK_HASH_ALG, "-s", AK_SIGN_ALG,
+                     "-u", "ak.pub", "-r", "ak.priv")
+            stored = {
+                "ak_hash_alg": AK_HASH_ALG,
+                "ak_sign_alg": AK_SIGN_ALG,
+                "ak_public": list((self.workdir / "ak.pub").read_bytes()),
+                "ak_private": list((self.workdir / "ak.priv").read_bytes()),
+                "ek_hash": list(uuid.encode()),
+            }
+            self._as_agent(["tee", str(self.agent_data_path)], json.dumps(stored, indent=2).encode())
+        (self.workdir / "ak.pub").write_bytes(bytes(stored["ak_public"]))
+        (self.workdir / "ak.priv").write_bytes(bytes(stored["ak_private"]))
+        # Loading under the EK needs the endorsement hierarchy's authorisation through a policy session.
+        self.tpm("tpm2_startauthsession", "--policy-session", "-S", "session.ctx")
+        self.tpm("tpm2_policysecret", "-S", "session.ctx", "-c", "e")
+        self.tpm("tpm2_load", "-C", EK_HANDLE, "-u", "ak.pub", "-r", "ak.priv", "-c", "ak.ctx", "-n", "ak.name",
+                 "-P", "session:session.ctx")
+        self.tpm("tpm2_flushcontext", "session.ctx", check=False)
         self.tpm("tpm2_evictcontrol", "-C", "o", "-c", "ak.ctx", AK_HANDLE)
         ek_cert = self.tpm("tpm2_nvread", RSA_EK_CERT_INDEX, "-o", "ekcert.der", check=False)
         self.ek_cert = (self.workdir / "ekcert.der").read_bytes() if ek_cert.returncode == 0 else None
-        # uuid = "hash_ek": SHA-256 of the EK's public key as a PEM SubjectPublicKeyInfo.
-        self.uuid = hashlib.sha256((self.workdir / "ek.pem").read_bytes()).hexdigest()
-        return self.uuid
+        self.uuid = uuid
+        return uuid
 
     def file_b64(self, name: str) -> str:
         return base64.b64encode((self.workdir / name).read_bytes()).decode()
@@ -234,7 +319,7 @@ class EmulatedAgent:
         }
         status, answer = self.http("POST", base, body)
         if status != 200:
-            raise RuntimeError(f"registration answered {status}: {answer}")
+            raise RegistrationRefused("registration", status, answer)
         (self.workdir / "credential.blob").write_bytes(base64.b64decode(answer["results"]["blob"]))
         # ActivateCredential needs the endorsement hierarchy's authorisation through a policy session.
         self.tpm("tpm2_startauthsession", "--policy-session", "-S", "session.ctx")
@@ -246,5 +331,5 @@ class EmulatedAgent:
         auth_tag = hmac.new(base64.b64encode(secret), agent_id.encode(), hashlib.sha384).hexdigest()
         status, answer = self.http("PUT", base, {"auth_tag": auth_tag})
         if status != 200:
-            raise RuntimeError(f"activation answered {status}: {answer}")
+            raise RegistrationRefused("activation", status, answer)
         self.registered = self.registered or agent_id == self.uuid

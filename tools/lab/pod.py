@@ -4,6 +4,10 @@ The lab runs each container's process here instead of in Kubernetes: every volum
 becomes a directory under the lab (ConfigMap and Secret volumes filled from the declared objects, with
 the declared file modes and the pod's fsGroup), and a path inside the container becomes the matching
 path under that directory, so the processes run on exactly the files the pod would see.
+
+A hostPath volume is the node's own directory (`node` / its path): it outlives the pod, and, as the
+kubelet does, the lab neither creates a `Directory` hostPath nor applies fsGroup to one, so whoever
+prepares the node must give it to the pod's user.
 """
 
 from __future__ import annotations
@@ -28,14 +32,19 @@ class Pod:
         cluster: Cluster,
         spec: dict[str, Any],
         secret_value: Callable[[str], str] = lambda value: value,
+        node: Path | None = None,
     ):
-        """Materialise the volumes of `spec` under `root`; `secret_value` maps each declared Secret value to its real content."""
+        """Materialise the volumes of `spec` under `root` (hostPath volumes under `node`); `secret_value`
+        maps each declared Secret value to its real content."""
         self.root = root
         self.spec = spec
         self.volumes: dict[str, Path] = {}
         security = spec.get("securityContext", {})
         self.fs_group: int | None = security.get("fsGroup")
         for volume in spec.get("volumes", []):
+            if "hostPath" in volume:
+                self.volumes[volume["name"]] = self._host_path(node, volume["hostPath"])
+                continue
             directory = root / volume["name"]
             directory.mkdir(parents=True)
             if "configMap" in volume:
@@ -53,6 +62,21 @@ class Pod:
                 raise NotImplementedError(f"volume {volume['name']}: the lab cannot provide {sorted(volume)}")
             self._own(directory)
             self.volumes[volume["name"]] = directory
+
+    @staticmethod
+    def _host_path(node: Path | None, source: dict[str, str]) -> Path:
+        """The kubelet's hostPath type check: `Directory` must exist; `DirectoryOrCreate` is made root-owned, 0755."""
+        if node is None:
+            raise ValueError(f"hostPath {source['path']}: the pod is on no node")
+        directory = node / source["path"].lstrip("/")
+        kind = source.get("type", "")
+        if kind == "DirectoryOrCreate":
+            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        elif kind != "Directory":
+            raise NotImplementedError(f"hostPath {source['path']}: the lab models types Directory and DirectoryOrCreate, not {kind!r}")
+        if not directory.is_dir():
+            raise FileNotFoundError(f"hostPath type check failed: {source['path']} is not a directory on the node")
+        return directory
 
     def _fill(self, directory: Path, data: dict[str, str], items: list[dict] | None, mode: int) -> None:
         for item in items if items is not None else [{"key": key, "path": key} for key in data]:

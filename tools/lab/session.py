@@ -6,6 +6,7 @@ piece starts on first use and `close()` stops what started, in reverse order.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -31,6 +32,9 @@ LAB = Path(__file__).resolve().parent
 ROOT = LAB.parents[1]
 INFRA_PROVIDER = "infra-k8s"
 AGENT_PROVIDER = "agents-1-k8s"
+# The declared Command that prepares an agent cluster's node for the agent's state (kind-cluster.sh node-state).
+AGENT_NODE_STATE = "agents-1-node-state"
+NODE_STATE_SCRIPT = ROOT / "components" / "scripts" / "node-state.sh"
 KEYLIME_PROGRAMS = ("keylime_registrar", "keylime_verifier", "keylime_tenant", "python")
 HOST_TOOLS = {
     "unshare": "util-linux",
@@ -127,6 +131,7 @@ class Lab:
         self.stack, self.lab_bin, self.overrides = stack, lab_bin, dict(overrides or {})
         self.listen_address = listen_address
         self._stops: list = []
+        self._pods = itertools.count(1)
         # Traversable by the pods' non-root users (pytest's own tmp_path is private to root).
         self.root = Path(tempfile.mkdtemp(prefix="keylime-lab-"))
         self.root.chmod(0o755)
@@ -174,11 +179,31 @@ class Lab:
         servers.start()
         return servers
 
+    def node(self, name: str) -> Path:
+        """A node of the first agent cluster, as its creator leaves it: the declared node-state Command's
+        script run as root on it (if the program declares one), with the node's paths under the lab."""
+        node = self.root / "nodes" / name
+        if node.exists():
+            return node
+        node.mkdir(parents=True)
+        node.chmod(0o755)
+        declared = [r for r in self.program.resources if r.name == AGENT_NODE_STATE]
+        if declared:
+            environment = declared[0].plain["environment"]
+            directories = [str(node / d.lstrip("/")) for d in environment["NODE_STATE_DIRS"].split()]
+            subprocess.run(["bash", str(NODE_STATE_SCRIPT), environment["NODE_STATE_OWNER"], *directories],
+                           capture_output=True, text=True, timeout=60, check=True)
+        return node
+
+    def agent_pod_on(self, node: str) -> Pod:
+        """A new pod of the agent DaemonSet on `node`: fresh emptyDirs, the node's hostPaths as they are."""
+        return Pod(self.root / "pods" / f"{node}-{next(self._pods)}", self.agent_cluster,
+                   self.agent_cluster.pod_spec("DaemonSet", "keylime-agent"), self.pki.real, node=self.node(node))
+
     @cached_property
     def agent_pod(self) -> Pod:
         """The first agent cluster's agent pod, its volumes materialised (the CA it trusts is the real one)."""
-        return Pod(self.root / "agent" / "pod", self.agent_cluster,
-                   self.agent_cluster.pod_spec("DaemonSet", "keylime-agent"), self.pki.real)
+        return self.agent_pod_on("agent")
 
     @cached_property
     def agent_conf(self) -> dict:
@@ -191,13 +216,10 @@ class Lab:
         """The CA file the push agent verifies the verifier with (agent.conf's verifier_tls_ca_cert, in its pod)."""
         return self.agent_pod.path(self.agent_pod.spec["containers"][0]["name"], self.agent_conf["verifier_tls_ca_cert"])
 
-    def new_agent(self, name: str, own_pod: bool = False) -> EmulatedAgent:
-        """A fresh agent pod's TPM, initialised and served as declared, with an EK and an AK in it.
-        `own_pod`: in a pod of its own (its own TPM state and EK-signing CA), as on another node."""
-        pod = self.agent_pod
-        if own_pod:
-            pod = Pod(self.root / "agents" / name / "pod", self.agent_cluster,
-                      self.agent_cluster.pod_spec("DaemonSet", "keylime-agent"), self.pki.real)
+    def new_agent(self, name: str) -> EmulatedAgent:
+        """An agent pod on a node of its own (`name`): its TPM initialised and served as declared, with an EK
+        and an AK in it. `lab.agent_pod_on(name)` gives the pod that replaces it (`agent.restart`)."""
+        pod = self.agent_pod if name == "agent" else self.agent_pod_on(name)
         emulated = EmulatedAgent(pod, self.root / "agents" / name)
         self._stops.append(emulated.stop)
         emulated.start()
