@@ -82,19 +82,19 @@ class AgentPodArgs:
 
 
 def agent_env(tpm: TpmAccess) -> list[dict[str, Any]]:
-    """The agent's environment; everything else it reads comes from agent.conf."""
+    """The agent's environment; everything else it reads comes from agent.conf.
+
+    Nothing more is needed by 0.2.9 (keylime-push-model-agent/src/attestation.rs): PoP authentication is
+    always on (KEYLIME_AGENT_ENABLE_AUTHENTICATION went with mTLS in rust-keylime 7b4628b), and both the
+    attestation client and the PoP login (keylime/src/auth.rs) trust agent.conf's verifier_tls_ca_cert, so
+    no SSL_CERT_FILE.
+    """
     return [
         # Sent with the registration (the registrar keeps it as the agent's `ip`): the node's address, which the
         # attestation controller maps to the node the agent runs on. The agent needs no API credentials for it.
         {"name": "KEYLIME_AGENT_CONTACT_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
         {"name": "KEYLIME_AGENT_CONFIG", "value": f"{keylime_conf.CONF_DIR}/agent.conf"},
         {"name": "TCTI", "value": TCTI[tpm]},
-        # The image's default run_as ("keylime:tss") would try to drop root privileges the pod never grants.
-        {"name": "KEYLIME_AGENT_RUN_AS", "value": ""},
-        # PoP bearer tokens: the verifier authorises agents by them (mandatory since rust-keylime 0.2.9).
-        {"name": "KEYLIME_AGENT_ENABLE_AUTHENTICATION", "value": "true"},
-        # The authentication client verifies the verifier through the system trust store, not verifier_tls_ca_cert.
-        {"name": "SSL_CERT_FILE", "value": f"{keylime_conf.TLS_DIR}/{keylime_conf.CA_CERT}"},
         {"name": "RUST_LOG", "value": "keylime_push_model_agent=info,keylime=info"},
     ]
 

@@ -289,6 +289,9 @@ def agent_conf(settings: Settings) -> str:
     """rust-keylime 0.2.9's agent.conf (TOML); the push agent reads the keys of `PushModelConfig`."""
     registrar = dial(settings, "agent", "registrar")
     verifier = dial(settings, "agent", "verifier")
+    # No run_as (the production guide's KEYLIME_AGENT_RUN_AS=""): 0.2.9 drops privileges only when started as
+    # root (keylime-push-model-agent/src/main.rs), ignores run_as with a warning otherwise, and defaults it to
+    # "" for a non-root process (keylime/src/config/base.rs); the pod runs as agentUid with runAsNonRoot.
     options = {
         "version": "2.4",
         "uuid": settings.uuid,
@@ -302,8 +305,6 @@ def agent_conf(settings: Settings) -> str:
         # The AK: kept on the node with keylime_dir, so a replaced pod does not make a new one, which the
         # registrar would refuse for good (403) next to the same EK.
         "agent_data_path": f"{AGENT_KEYLIME_DIR}/agent_data.json",
-        # Kubernetes already runs the agent as its own user; run_as would try to drop root it never had.
-        "run_as": "",
         # Not the attestation cadence (the verifier's quote_interval sets that) but the wait after a failure,
         # which before enrollment paces the agent's logins.
         "attestation_interval_seconds": login_retry_seconds(settings),

@@ -54,7 +54,6 @@ def test_agent_conf_is_toml_with_the_push_agent_keys():
     assert agent["registrar_tls_enabled"] is False
     assert agent["verifier_url"] == "https://keylime-swtpm-infra-control-plane:31500"
     assert agent["verifier_tls_ca_cert"] == f"{keylime_conf.TLS_DIR}/{keylime_conf.CA_CERT}"
-    assert agent["run_as"] == ""
     assert agent["tls_accept_invalid_certs"] is False and agent["tls_accept_invalid_hostnames"] is False
 
 
