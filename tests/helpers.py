@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 from components.settings import Settings, parse_settings
 from tools.offline import ProgramRun, stack_config
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# Two hash seeds under which the same set of a few names iterates in different orders.
+HASH_SEEDS = ("1", "2")
+
+
+def under_each_hash_seed(argv: list[str]) -> list[str]:
+    """stdout of `argv` run in fresh interpreters, one per hash seed: a set's order changes between them
+    as it does between two `pulumi up` runs, while two evaluations in one process would agree."""
+    outputs = []
+    for seed in HASH_SEEDS:
+        result = subprocess.run(argv, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"},
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    return outputs
+
+
+def rendered_files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def settings_for(stack: str = "swtpm", **overrides: object) -> Settings:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import configparser
+import sys
 import tomllib
 from urllib.parse import urlsplit
 
 import pytest
-from helpers import settings_for
+from helpers import settings_for, under_each_hash_seed
 
 from components import keylime_conf
 from components.endpoints import dial, dials, server_sans, vm_host_address
@@ -74,5 +75,10 @@ def test_a_certificate_carries_only_names_dialed_for_its_own_server():
     assert "keylime-registrar.keylime.svc.cluster.local" not in server_sans(settings, "verifier").dns_names
 
 
-def test_dials_are_listed_in_a_stable_order():
-    assert dials(settings_for("swtpm")) == dials(settings_for("swtpm"))
+def test_dials_and_sans_are_listed_in_the_same_order_by_every_process():
+    code = ("from helpers import settings_for; from components.endpoints import dials, server_sans; "
+            "settings = settings_for('swtpm', extraSans=['a.example', 'b.example', '192.0.2.1', '192.0.2.2']); "
+            "print(dials(settings), server_sans(settings, 'registrar'), server_sans(settings, 'verifier'))")
+    first, second = under_each_hash_seed([sys.executable, "-c", code])
+    assert first == second
+    assert "a.example" in first

@@ -9,14 +9,10 @@ import sys
 import time
 
 import pulumi
-from helpers import ROOT
+from helpers import ROOT, rendered_files, under_each_hash_seed
 
 from tools.offline import run_declarations, run_program
 from tools.render import render
-
-
-def rendered_files(folder) -> dict[str, str]:
-    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_render_writes_an_inventory_of_every_resource_with_secrets_redacted(tmp_path):
@@ -29,10 +25,15 @@ def test_render_writes_an_inventory_of_every_resource_with_secrets_redacted(tmp_
     assert '"privateKeyPem": "[secret]"' in text
 
 
-def test_two_renders_with_identical_config_are_identical(tmp_path):
-    render("swtpm", tmp_path / "a", {})
-    render("swtpm", tmp_path / "b", {})
-    assert rendered_files(tmp_path / "a") == rendered_files(tmp_path / "b")
+def test_two_render_runs_with_identical_config_write_identical_files(tmp_path):
+    """As two `pulumi up` runs would see it: each render in its own process, with its own hash seed."""
+    code = ("import json, os, sys; from pathlib import Path; from tools.render import render; "
+            "from helpers import rendered_files; out = Path(sys.argv[1]) / os.environ['PYTHONHASHSEED']; "
+            "render('swtpm', out, {'extraSans': '[\"a.example\", \"b.example\"]'}); print(json.dumps(rendered_files(out)))")
+    listings = under_each_hash_seed([sys.executable, "-c", code, str(tmp_path)])
+    first, second = (json.loads(listing) for listing in listings)
+    assert first == second
+    assert "inventory.json" in first and "a.example" in first["inventory.json"]
 
 
 def test_overrides_reach_the_program(tmp_path):
