@@ -31,7 +31,9 @@ def test_one_agent_daemon_set_per_agent_cluster(run):
 
 @pytest.mark.parametrize(("uid", "gid"), [(490, 490), (1234, 2345)])
 def test_every_container_runs_as_the_configured_non_root_user_with_nothing_extra(run, uid, gid):
-    for daemon_set in agent_daemon_sets(run("swtpm", agentUid=uid, agentGid=gid)):
+    daemon_sets = agent_daemon_sets(run("swtpm", agentUid=uid, agentGid=gid))
+    assert len(daemon_sets) == 2
+    for daemon_set in daemon_sets:
         pod = pod_spec(daemon_set)["securityContext"]
         assert (pod["runAsUser"], pod["runAsGroup"], pod["fsGroup"], pod["runAsNonRoot"]) == (uid, gid, gid, True)
         assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -102,7 +104,9 @@ def test_no_agent_pod_can_be_reached_from_outside(swtpm):
 
 
 def test_agent_pods_take_no_service_links_and_no_api_token(swtpm):
-    for daemon_set in agent_daemon_sets(swtpm):
+    daemon_sets = agent_daemon_sets(swtpm)
+    assert len(daemon_sets) == 2
+    for daemon_set in daemon_sets:
         spec = pod_spec(daemon_set)
         assert spec["enableServiceLinks"] is False
         assert spec["automountServiceAccountToken"] is False

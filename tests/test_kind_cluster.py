@@ -7,8 +7,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from helpers import all_containers
 
 from components.images import git_head
+
+
 def test_kind_configs_publish_the_node_ports_on_the_infra_node_only(swtpm):
     infra = yaml.safe_load(swtpm.named("infra-cluster").plain["environment"]["KIND_CONFIG"])
     assert infra["name"] == "keylime-swtpm-infra"
@@ -46,12 +49,28 @@ def test_images_are_loaded_again_only_when_their_content_hash_changes(run):
     assert base.named("infra-images").plain["triggers"] == run("swtpm", agentClusters=5).named("infra-images").plain["triggers"]
 
 
-def test_workloads_use_the_loaded_tags_with_if_not_present(swtpm):
-    agent_tag = swtpm.named("images-agent").plain["imageName"]
-    for resource in swtpm.resources:
-        if resource.type == "kubernetes:apps/v1:DaemonSet":
-            images = {c["image"] for c in resource.plain["spec"]["template"]["spec"]["containers"]}
-            assert images == {agent_tag}
+# A tag loaded into the node (kind load, or ctr import in the VM) is in no registry: `Always` would fail
+# with ErrImagePull.
+LOADED_TAG_PULL_POLICIES = ("IfNotPresent", "Never")
+
+
+@pytest.mark.parametrize("stack", ["swtpm", "hwtpm"])
+def test_workloads_use_the_loaded_tags_and_never_pull_them(run, stack):
+    program = run(stack)
+    built = {image.plain["imageName"] for image in program.of_type("docker:index/image:Image")}
+    agent_images = set()
+    checked = 0
+    for resource in program.resources:
+        if resource.type in ("kubernetes:apps/v1:DaemonSet", "kubernetes:apps/v1:Deployment"):
+            for container in all_containers(resource):
+                if container["image"] in built:
+                    assert container.get("imagePullPolicy") in LOADED_TAG_PULL_POLICIES, (resource.name, container["name"])
+                    checked += 1
+                if resource.plain["metadata"]["name"] == "keylime-agent":
+                    agent_images.add(container["image"])
+    assert agent_images == {program.named("images-agent").plain["imageName"]}
+    # swtpm: agent, swtpm-init and swtpm per agent cluster; both: registrar, verifier and tenant.
+    assert checked == (3 * 2 + 3 if stack == "swtpm" else 1 + 3)
 
 
 def test_local_images_build_from_the_clones_then_add_the_thin_layer(run, tmp_path):

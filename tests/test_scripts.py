@@ -309,13 +309,17 @@ def test_verify_fails_when_fewer_agents_are_enrolled_than_expected(fakes):
     assert result.returncode == 1 and "only 1 of 2 agents are enrolled" in result.stderr
 
 
-def test_the_kubeconfig_reaches_kubectl_only_through_a_private_temporary_file(fakes):
+def test_the_kubeconfig_reaches_kubectl_only_through_a_private_temporary_file(fakes, tmp_path):
+    temporary = tmp_path / "tmpdir"
+    temporary.mkdir()
     fakes.set(registered=[AGENT_A])
-    enroll(fakes, "add", expected=1)
-    calls = fakes.calls()
-    assert "kubeconfig-content apiVersion: v1|kind: Config|# fake" in calls
-    paths = {line.split("KUBECONFIG=")[1] for line in calls.splitlines() if line.startswith("kubectl ")}
-    assert paths and all(p.startswith("/tmp/") for p in paths)
+    assert enroll(fakes, "add", expected=1, TMPDIR=str(temporary)).returncode == 0
+    calls = fakes.calls().splitlines()
+    assert "kubeconfig-content apiVersion: v1|kind: Config|# fake|" in calls
+    modes = {line for line in calls if line.startswith("kubeconfig-mode ")}
+    assert modes == {"kubeconfig-mode 600"}
+    paths = {line.split("KUBECONFIG=")[1] for line in calls if line.startswith("kubectl ")}
+    assert paths and all(Path(p).parent == temporary for p in paths)
     assert not any(Path(p).exists() for p in paths)
 
 

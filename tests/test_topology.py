@@ -57,9 +57,10 @@ class Graph:
 
 def test_every_custom_resource_names_an_explicit_provider(swtpm):
     providers = {r.urn for r in swtpm.resources if r.type.startswith("pulumi:providers:")}
-    for resource in swtpm.resources:
-        if resource.custom and not resource.type.startswith("pulumi:providers:"):
-            assert resource.provider.rsplit("::", 1)[0] in providers, resource.name
+    resources = [r for r in swtpm.resources if r.custom and not r.type.startswith("pulumi:providers:")]
+    assert len(providers) >= 4 and len(resources) > 50
+    for resource in resources:
+        assert resource.provider.rsplit("::", 1)[0] in providers, resource.name
 
 
 def test_each_cluster_gets_its_own_kubernetes_provider_keyed_to_its_cluster(run):
@@ -71,34 +72,37 @@ def test_each_cluster_gets_its_own_kubernetes_provider_keyed_to_its_cluster(run)
         assert provider.plain["clusterIdentifier"] == f"{cluster}-cluster-id"
         # A refresh while Docker is down must fail, not drop the cluster's objects from the state.
         assert "deleteUnreachable" not in provider.plain
-        for obj in kube_objects(program, obj_kind := "Namespace", cluster):
-            assert obj_kind and obj.provider.startswith(provider.urn)
+        (namespace,) = kube_objects(program, "Namespace", cluster)
+        assert namespace.provider.startswith(provider.urn)
 
 
 def test_no_agent_cluster_waits_for_another(run):
     program = run("swtpm", agentClusters=4)
     graph = Graph(program)
-    for resource in program.resources:
-        own = resource.urn.split("::")[-1].split("-")[:2]
-        if resource.custom and own[0] == "agents":
-            for dependency in graph.all_waits(resource.urn):
-                name = dependency.split("::")[-1]
-                if name.startswith("agents-"):
-                    assert name.split("-")[:2] == own, (resource.name, name)
+    agent_resources = [r for r in program.resources if r.custom and r.name.startswith("agents-")]
+    assert {r.name.split("-")[1] for r in agent_resources} == {"1", "2", "3", "4"}
+    for resource in agent_resources:
+        own = resource.name.split("-")[:2]
+        waits = [d.split("::")[-1] for d in graph.all_waits(resource.urn)]
+        for name in waits:
+            if name.startswith("agents-"):
+                assert name.split("-")[:2] == own, (resource.name, name)
 
 
 def test_agent_clusters_do_not_wait_for_the_infra_cluster(swtpm):
     graph = Graph(swtpm)
-    for resource in swtpm.resources:
-        if resource.custom and resource.name.startswith("agents-"):
-            assert not any(d.split("::")[-1].startswith("infra-") for d in graph.all_waits(resource.urn)), resource.name
+    agent_resources = [r for r in swtpm.resources if r.custom and r.name.startswith("agents-")]
+    assert {r.name.split("-")[1] for r in agent_resources} == {"1", "2"}
+    for resource in agent_resources:
+        assert not any(d.split("::")[-1].startswith("infra-") for d in graph.all_waits(resource.urn)), resource.name
 
 
 def test_certificates_and_images_wait_for_no_cluster(swtpm):
     graph = Graph(swtpm)
-    for resource in swtpm.resources:
-        if resource.custom and (resource.name.startswith("pki-") or resource.name.startswith("images-")):
-            assert not any("-cluster" in d for d in graph.all_waits(resource.urn)), resource.name
+    independent = [r for r in swtpm.resources if r.custom and r.name.startswith(("pki-", "images-"))]
+    assert {r.type for r in independent} >= {"tls:index/locallySignedCert:LocallySignedCert", "docker:index/image:Image"}
+    for resource in independent:
+        assert not any("-cluster" in d for d in graph.all_waits(resource.urn)), resource.name
 
 
 def test_going_from_2_to_8_agent_clusters_adds_no_step_to_the_longest_chain(run):
@@ -111,6 +115,8 @@ def test_enrollment_waits_for_every_agent_daemon_set_and_the_tenant(run):
     program = run("swtpm", agentClusters=3)
     graph = Graph(program)
     waits = graph.all_waits(program.named("enrollment-enroll").urn)
-    for daemon_set in kube_objects(program, "DaemonSet"):
+    daemon_sets = kube_objects(program, "DaemonSet")
+    assert len(daemon_sets) == 3
+    for daemon_set in daemon_sets:
         assert daemon_set.urn in waits
     assert program.named("infra-tenant").urn in waits

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -57,9 +56,11 @@ def test_libvirt_resources_use_the_configured_connection(run):
     program = run("hwtpm", libvirtUri="qemu+ssh://lab.example/system")
     provider = program.named("vm-libvirt")
     assert provider.plain["uri"] == "qemu+ssh://lab.example/system"
-    for resource in program.resources:
-        if resource.type.startswith("libvirt:index/"):
-            assert resource.provider.startswith(provider.urn)
+    libvirt_resources = [r for r in program.resources if r.type.startswith("libvirt:index/")]
+    assert {r.type.removeprefix("libvirt:index/") for r in libvirt_resources} == {
+        "network:Network", "volume:Volume", "cloudInitDisk:CloudInitDisk", "domain:Domain"}
+    for resource in libvirt_resources:
+        assert resource.provider.startswith(provider.urn), resource.name
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +207,9 @@ def test_images_stream_into_the_vm_with_the_pinned_host_key_and_no_key_left_behi
     assert "known_hosts: 192.168.150.10 ssh-ed25519 AAAAhostkey" in calls
     assert "keylime-push@192.168.150.10 sudo ctr --namespace k8s.io images import -" in calls
     assert "stdin: image-tar keylime-push/agent:0.2.9-abc" in calls
+    assert "identity-mode 600" in calls
     identity = calls.split("-i ")[1].split()[0]
     assert not Path(identity).exists()
-    assert shutil.which("ssh", path=str(VM_FAKES))
 
 
 def test_readiness_is_the_repository_script_run_over_ssh_knowing_where_the_bootstrap_is(hwtpm):
