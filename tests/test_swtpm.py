@@ -6,14 +6,13 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from helpers import ROOT, pod_spec
 
 from components.agent_workload import SWTPM_CTRL_PORT, SWTPM_PORT
+from tools.lab.staging import reachable_temp_dir
 
 INIT_SCRIPT = ROOT / "components" / "scripts" / "swtpm-init.sh"
 RSA_EK_CERT_INDEX = "0x1c00002"
@@ -41,9 +40,11 @@ def free_port_pair() -> int:
 
 @pytest.fixture
 def state_dir():
-    """An empty state volume the agent user owns (pytest's own tmp_path is private to root)."""
-    parent = Path(tempfile.mkdtemp(prefix="keylime-push-swtpm-"))
-    parent.chmod(0o755)
+    """An empty state volume the agent user owns, and beside it the init script as the ConfigMap mounts it,
+    both where that user can reach them (pytest's tmp_path, and maybe the checkout, are private to root)."""
+    parent = reachable_temp_dir("keylime-push-swtpm-")
+    shutil.copyfile(INIT_SCRIPT, parent / INIT_SCRIPT.name)
+    (parent / INIT_SCRIPT.name).chmod(0o555)
     state = parent / "state"
     state.mkdir()
     os.chown(state, AGENT_UID, AGENT_UID)
@@ -53,7 +54,8 @@ def state_dir():
 
 def run_init(state_dir) -> subprocess.CompletedProcess:
     env = {"PATH": os.environ["PATH"], "SWTPM_STATE_DIR": str(state_dir), "HOME": str(state_dir)}
-    return subprocess.run(as_agent(["/bin/bash", str(INIT_SCRIPT)]), env=env, capture_output=True, text=True, check=False)
+    script = state_dir.parent / INIT_SCRIPT.name
+    return subprocess.run(as_agent(["/bin/bash", str(script)]), env=env, capture_output=True, text=True, check=False)
 
 
 def test_the_init_script_creates_an_ek_certificate_as_the_non_root_agent_user(state_dir):

@@ -5,7 +5,8 @@ groups, its config file from the declared ConfigMap. Only what cannot hold outsi
 changed: file paths point into the lab (tls_dir, database_url, tpm_cert_store) and servers listen on a
 loopback address (127.0.0.1 unless told otherwise). Host names the configs dial (the in-cluster service
 names) are left as they are: each process runs in a private mount namespace whose /etc/hosts resolves them
-to that address, and whose /run is the lab's.
+to that address, whose /run is the lab's, and where the keylime virtualenv is mounted under the lab's root,
+which the pods' users can reach (`staging`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from typing import Any, Callable
 from .declared import Cluster
 from .pod import Pod
 from .push import PinnedHTTPSConnection
+from .staging import stage_console_scripts
 
 SERVERS = ("registrar", "verifier")
 COMPONENTS = (*SERVERS, "tenant")
+PROGRAMS = tuple(f"keylime_{component}" for component in COMPONENTS)
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1"
 START_TIMEOUT = 60
 STOP_TIMEOUT = 15
@@ -71,8 +74,8 @@ qualname = keylime
 handlers =
 """
 
-# Runs argv with the lab's /etc/hosts and /run, visible to it and its children only.
-NAMESPACE_SCRIPT = 'set -e; mount --bind "$1" /etc/hosts; mount --bind "$2" /run; shift 2; exec "$@"'
+# Runs argv with the lab's /etc/hosts and /run, and the virtualenv $3 mounted on $4, visible to it and its children only.
+NAMESPACE_SCRIPT = 'set -e; mount --bind "$1" /etc/hosts; mount --bind "$2" /run; mount --bind "$3" "$4"; shift 4; exec "$@"'
 
 
 def deployment(component: str) -> str:
@@ -146,6 +149,10 @@ class KeylimeInfra:
         self.run_dirs: dict[str, Path] = {}
         self.processes: dict[str, subprocess.Popen] = {}
         root.mkdir()
+        self.mounted_venv = root / "venv-lab"
+        self.mounted_venv.mkdir()
+        self.scripts = root / "bin"
+        stage_console_scripts(lab_bin, self.mounted_venv, PROGRAMS, self.scripts)
         self.logging_conf = root / "logging.conf"
         self.logging_conf.write_text(LOGGING_CONF)
         self.logging_conf.chmod(0o644)
@@ -213,7 +220,7 @@ class KeylimeInfra:
     def env(self, component: str) -> dict[str, str]:
         pod = self.pods[component]
         return {
-            "PATH": f"{self.lab_bin}:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PATH": f"{self.scripts}:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": "/",
             "TMPDIR": str(pod.path(component, "/tmp")),
             **pod.env(component),
@@ -226,7 +233,7 @@ class KeylimeInfra:
         """How to run a command in the component's container: argv prefix, environment, working directory."""
         pod = self.pods[component]
         prefix = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", NAMESPACE_SCRIPT, "lab-pod",
-                  str(self.hosts), str(self.run_dirs[component])]
+                  str(self.hosts), str(self.run_dirs[component]), str(self.lab_bin.parent), str(self.mounted_venv)]
         env = self.env(component)
         return {"argv": [*prefix, *pod.as_user(component, [])], "env": env, "cwd": env["KEYLIME_DIR"]}
 

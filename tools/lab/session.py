@@ -12,7 +12,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import tempfile
 import tomllib
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +26,7 @@ from .fleet import FleetAgent
 from .pod import Pod
 from .push import PushClient
 from .servers import DEFAULT_LISTEN_ADDRESS, KeylimeInfra, write_json
+from .staging import reachable_temp_dir
 
 LAB = Path(__file__).resolve().parent
 ROOT = LAB.parents[1]
@@ -132,9 +132,8 @@ class Lab:
         self.listen_address = listen_address
         self._stops: list = []
         self._pods = itertools.count(1)
-        # Traversable by the pods' non-root users (pytest's own tmp_path is private to root).
-        self.root = Path(tempfile.mkdtemp(prefix="keylime-lab-"))
-        self.root.chmod(0o755)
+        # Where the pods' non-root users can reach what the lab writes (pytest's own tmp_path is private to root).
+        self.root = reachable_temp_dir("keylime-lab-")
         self._stops.append(lambda: shutil.rmtree(self.root, ignore_errors=True))
 
     def with_overrides(self, overrides: Mapping[str, object]) -> Lab:
