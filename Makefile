@@ -15,7 +15,7 @@ STACK ?= swtpm
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
 
-.PHONY: setup swtpm hwtpm verify enroll renew clean test render preflight preview policy
+.PHONY: setup swtpm hwtpm verify enroll renew clean test render preflight preview policy system-packages
 
 # What the enrollment script needs, read from the stack's outputs (the kubeconfig never reaches the terminal).
 ENROLL_ENV = KUBECONFIG_DATA="$$(pulumi stack output infraKubeconfig --show-secrets --stack $(STACK))" \
@@ -85,11 +85,16 @@ clean:
 	  if pulumi stack select $$stack 2>/dev/null; then pulumi destroy --stack $$stack --yes; fi; \
 	done
 
-test: $(VENV)/.installed $(VALIDATORS_VENV)/.installed $(LAB_VENV)/.installed
+# The Debian packages in system-packages.txt: as root the missing ones are installed, otherwise the
+# apt-get command that would is printed. Listed first where needed: make builds prerequisites in order.
+system-packages:
+	tools/system-packages.sh system-packages.txt
+
+test: system-packages $(VENV)/.installed $(VALIDATORS_VENV)/.installed $(LAB_VENV)/.installed
 	VALIDATORS_BIN=$(CURDIR)/$(VALIDATORS_VENV)/bin LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m pytest
 
 # Before a long `pulumi up`: the stack's servers, certificates and tpmPolicy, tried for real in seconds.
-preflight: $(VENV)/.installed $(LAB_VENV)/.installed
+preflight: system-packages $(VENV)/.installed $(LAB_VENV)/.installed
 	LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m tools.preflight --stack $(STACK) \
 	  $(foreach setting,$(SET),--set '$(setting)')
 
