@@ -12,6 +12,9 @@ POLICY_VENV := policy/venv
 LAB_PYTHON ?= /usr/bin/python3
 GPG_BINDINGS := /usr/lib/python3/dist-packages/gpg
 STACK ?= swtpm
+# The pinned CLIs that `make setup` brings into ./bin (tools/cli-tools.toml) come before any other.
+BIN := $(CURDIR)/bin
+export PATH := $(BIN):$(PATH)
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
 
@@ -57,7 +60,12 @@ $(POLICY_VENV)/.installed: policy/requirements.txt
 $(PULUMI_CONFIG_PASSPHRASE_FILE):
 	umask 077 && head -c 32 /dev/urandom | base64 > $@
 
-setup: $(VENV)/.installed $(PULUMI_CONFIG_PASSPHRASE_FILE)
+# Pulumi CLI, kind and kubectl as pinned, each download checked against its sha256 (needs only Python's stdlib).
+$(BIN)/.installed: tools/cli-tools.toml
+	$(PYTHON) -m tools.cli_tools --bin $(BIN)
+	touch $@
+
+setup: $(VENV)/.installed $(BIN)/.installed $(PULUMI_CONFIG_PASSPHRASE_FILE)
 	for stack in swtpm hwtpm; do pulumi stack select --create --secrets-provider passphrase $$stack; done
 	pulumi stack select swtpm
 

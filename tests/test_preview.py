@@ -120,13 +120,15 @@ def test_pr_comment_posts_once_then_updates_its_own_comment(runner):
 
 def test_make_preview_runs_pulumi_preview_with_the_policy_pack(runner, tmp_path):
     venvs = tmp_path / "venvs"
-    for venv in ("program", "policy"):
+    # The virtualenvs and ./bin's pinned CLIs, as if installed: the fake pulumi on PATH is what runs.
+    for venv in ("program", "policy", "bin"):
         (venvs / venv).mkdir(parents=True)
         (venvs / venv / ".installed").touch()
     passphrase = tmp_path / "passphrase"
     passphrase.write_text("x")
     result = runner.run(["make", "--no-print-directory", "preview", "STACK=hwtpm", f"VENV={venvs / 'program'}",
-                         f"POLICY_VENV={venvs / 'policy'}", f"PULUMI_CONFIG_PASSPHRASE_FILE={passphrase}"])
+                         f"POLICY_VENV={venvs / 'policy'}", f"BIN={venvs / 'bin'}",
+                         f"PULUMI_CONFIG_PASSPHRASE_FILE={passphrase}"])
     assert result.returncode == 0, result.stdout + result.stderr
     calls = runner.calls()
     assert [c["args"] for c in calls] == [
@@ -139,12 +141,13 @@ def test_make_preview_runs_pulumi_preview_with_the_policy_pack(runner, tmp_path)
 
 
 def test_make_preview_fails_when_the_pack_refuses(runner, tmp_path):
-    for venv in ("program", "policy"):
+    for venv in ("program", "policy", "bin"):
         (tmp_path / venv).mkdir()
         (tmp_path / venv / ".installed").touch()
     (tmp_path / "passphrase").write_text("x")
     result = runner.run(["make", "preview", f"VENV={tmp_path / 'program'}", f"POLICY_VENV={tmp_path / 'policy'}",
-                         f"PULUMI_CONFIG_PASSPHRASE_FILE={tmp_path / 'passphrase'}"], FAKE_PULUMI_VIOLATION="1")
+                         f"BIN={tmp_path / 'bin'}", f"PULUMI_CONFIG_PASSPHRASE_FILE={tmp_path / 'passphrase'}"],
+                        FAKE_PULUMI_VIOLATION="1")
     assert result.returncode != 0
     assert "host-ports-bound" in result.stdout
 
