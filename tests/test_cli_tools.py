@@ -27,8 +27,8 @@ PINNED = tomllib.loads(PINS.read_text())
 
 
 def stand_in(output: str) -> bytes:
-    """An executable that prints what the real tool's version command would."""
-    return f"#!/bin/sh\ncat <<'EOF'\n{output}\nEOF\n".encode()
+    """An executable that prints what the real tool's version command would (with the shell's printf: it needs no PATH)."""
+    return f"#!/bin/sh\nprintf '%s\\n' '{output}'\n".encode()
 
 
 def version_output(tool: str, version: str) -> str:
@@ -107,8 +107,9 @@ def releases(tmp_path):
 
 
 def setup_tools(tmp_path: Path, pins: Path, path_dirs: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
-    """`python -m tools.cli_tools` with ./bin at tmp_path/bin and PATH holding no pulumi, kind or kubectl but `path_dirs`."""
-    path = os.pathsep.join([str(tmp_path / "bin"), *map(str, path_dirs), "/usr/bin", "/bin"])
+    """`python -m tools.cli_tools` with ./bin at tmp_path/bin, and on PATH only that and `path_dirs`
+    (this machine's own pulumi, kind or kubectl must not count)."""
+    path = os.pathsep.join([str(tmp_path / "bin"), *map(str, path_dirs)])
     return subprocess.run([sys.executable, "-m", "tools.cli_tools", "--bin", str(tmp_path / "bin"), "--pins", str(pins)],
                           cwd=ROOT, env={**os.environ, "PATH": path}, capture_output=True, text=True, timeout=120, check=False)
 
