@@ -99,6 +99,7 @@ system-packages:
 	tools/system-packages.sh system-packages.txt
 
 test: system-packages $(VENV)/.installed $(VALIDATORS_VENV)/.installed $(LAB_VENV)/.installed
+	$(VENV)/bin/ruff check .
 	VALIDATORS_BIN=$(CURDIR)/$(VALIDATORS_VENV)/bin LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m pytest
 
 # Before a long `pulumi up`: the stack's servers, certificates and tpmPolicy, tried for real in seconds.

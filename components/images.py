@@ -16,7 +16,6 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
-
 ROOT = Path(__file__).resolve().parent.parent
 # Paths handed to pulumi-docker are relative to the project folder, where pulumi runs, so state and
 # previews do not depend on where the checkout lives.

@@ -18,7 +18,8 @@ import json
 import os
 import re
 import uuid as uuid_module
-from typing import Annotated, Any, Callable, Iterator, Literal, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo

@@ -23,8 +23,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from kubernetes import client as kube_client
 from kubernetes import config as kube_config

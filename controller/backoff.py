@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 
 
-class Transient(Exception):
+class Transient(Exception):  # noqa: N818 (named for what the caller does with it: retry)
     """A failure worth retrying (no answer, 5xx, 429); the message says what failed."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+
 @dataclasses.dataclass(frozen=True)
 class TrustStore:
     certificates: tuple[x509.Certificate, ...]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 PASS, FAIL, TIMEOUT, PENDING = "PASS", "FAIL", "TIMEOUT", "PENDING"
 STATUSES = (PASS, FAIL, TIMEOUT, PENDING)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Mapping
+from collections.abc import Mapping
 
 from .ek import TrustStore
 from .enrollment import FAIL, PASS, PENDING, TIMEOUT, canonical_policy, enrollable_policy

@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import requests
 
@@ -27,7 +28,7 @@ ACCEPT_ENCRYPTION_ALGS = ["ecc", "rsa"]
 ACCEPT_SIGNING_ALGS = ["ecschnorr", "rsassa"]
 
 
-class Unavailable(RuntimeError):
+class Unavailable(RuntimeError):  # noqa: N818 (a state of the server, as `except Unavailable` reads)
     """The server did not answer usefully after the retries."""
 
 

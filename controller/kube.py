@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -35,12 +36,12 @@ EVENT_REASONS = {
 }
 
 
-class Unreachable(RuntimeError):
+class Unreachable(RuntimeError):  # noqa: N818 (a state of the API server, as `except Unreachable` reads)
     """The cluster's API server did not answer after the retries."""
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def node_patch(node: Mapping[str, Any], verdict: NodeVerdict, effect: str) -> dict[str, Any] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -47,18 +47,25 @@ class ControllerCollector(Collector):
         # After the pass: what it read, with what it enrolled and removed.
         counts = {
             "registered": len(snapshot.registered or ()) - sum(r.registrar for r in plan.remove),
-            "enrolled": len(snapshot.verifier or {}) + sum(not e.replace for e in plan.enroll) - sum(r.verifier for r in plan.remove),
+            "enrolled": len(snapshot.verifier or {})
+            + sum(not e.replace for e in plan.enroll)
+            - sum(r.verifier for r in plan.remove),
             "running": running,
             "untrusted": sum(verdict.state in GATING_STATES for verdict in plan.nodes),
         }
         for name, value in counts.items():
             yield GaugeMetricFamily(f"keylime_agents_{name}", f"Agents {name}", value=value)
-        status = GaugeMetricFamily("keylime_agent_status", "1 for the agent's current attestation status",
-                                   labels=["uuid", "node", "cluster", "status"])
-        count = GaugeMetricFamily("keylime_agent_attestation_count", "Successful attestations since enrollment",
-                                  labels=["uuid", "node", "cluster"])
-        last = GaugeMetricFamily("keylime_agent_last_successful_attestation_timestamp_seconds",
-                                 "When the agent last attested successfully (0: never)", labels=["uuid", "node", "cluster"])
+        status = GaugeMetricFamily(
+            "keylime_agent_status", "1 for the agent's current attestation status", labels=["uuid", "node", "cluster", "status"]
+        )
+        count = GaugeMetricFamily(
+            "keylime_agent_attestation_count", "Successful attestations since enrollment", labels=["uuid", "node", "cluster"]
+        )
+        last = GaugeMetricFamily(
+            "keylime_agent_last_successful_attestation_timestamp_seconds",
+            "When the agent last attested successfully (0: never)",
+            labels=["uuid", "node", "cluster"],
+        )
         for agent in plan.agents:
             labels = [agent.uuid, agent.node, agent.cluster]
             for candidate in STATUSES:
@@ -68,8 +75,9 @@ class ControllerCollector(Collector):
         yield status
         yield count
         yield last
-        nodes = GaugeMetricFamily("keylime_node_trust", "1 for the node's current attestation state",
-                                  labels=["node", "cluster", "state"])
+        nodes = GaugeMetricFamily(
+            "keylime_node_trust", "1 for the node's current attestation state", labels=["node", "cluster", "state"]
+        )
         for verdict in plan.nodes:
             nodes.add_metric([verdict.pod.node, verdict.pod.cluster, verdict.state], 1.0)
         yield nodes

@@ -24,8 +24,8 @@ import configparser
 import ipaddress
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import pulumi
 import yaml
@@ -215,7 +215,7 @@ def validate_agent_security_context(args: ResourceValidationArgs, report_violati
     for container in containers(spec):
         context = get(container, "securityContext", default={})
 
-        def effective(field: str) -> Any:
+        def effective(field: str, context: Any = context) -> Any:
             own = get(context, field)
             return own if own is not None else get(pod_context, field)
 
@@ -465,7 +465,7 @@ def validate_tpm_policy(args: ResourceValidationArgs, report_violation: ReportVi
     if text is None:
         return
     for problem in tpm_policy_problems(str(text)):
-        report_violation(f"{describe(args)}: the TPM policy (environment TPM_POLICY) {problem}")
+        report_violation(f"{describe(args)}: the TPM policy (environment TPM_POLICY) {problem}", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,17 +478,21 @@ def validate_host_ports_bound(args: ResourceValidationArgs, report_violation: Re
         for index, node in enumerate(config.get("nodes") or []):
             for mapping in node.get("extraPortMappings") or []:
                 # kind's own default listenAddress is 0.0.0.0.
-                published.append((f"Kind node {index} extraPortMappings", mapping.get("hostPort"), mapping.get("listenAddress", "")))
+                published.append(
+                    (f"Kind node {index} extraPortMappings", mapping.get("hostPort"), mapping.get("listenAddress", ""))
+                )
     spec = pod_spec(args.resource_type, args.props)
     for container in containers(spec) if spec is not None else []:
         for port in items(get(container, "ports")):
             if get(port, "hostPort") is not None:
-                published.append((f"container '{get(container, 'name')}' hostPort", get(port, "hostPort"), get(port, "hostIP", default="")))
+                published.append(
+                    (f"container '{get(container, 'name')}' hostPort", get(port, "hostPort"), get(port, "hostIP", default=""))
+                )
     for where, port, address in published:
         if str(address) in WILDCARD_ADDRESSES:
             report_violation(
                 f"{describe(args)}: {where} publishes host port {_plain(port)} on every interface "
-                f"(listen address '{address or 'unset'}'); bind it to 127.0.0.1 or to the one address its clients dial"
+                f"(listen address '{address or 'unset'}'); bind it to 127.0.0.1 or to the one address its clients dial", None
             )
 
 
@@ -589,7 +593,10 @@ def validate_dialed_addresses_are_sans(args: StackValidationArgs, report_violati
     certificates = server_certificates(list(args.resources))
     for client, server, host, _, where in dialed_addresses(list(args.resources)):
         if server not in certificates:
-            report_violation(f"{where}: the {client} dials the {server} at '{host}', but the stack issues no keylime-{server} certificate")
+            report_violation(
+                f"{where}: the {client} dials the {server} at '{host}', but the stack issues no keylime-{server} certificate",
+                None,
+            )
             continue
         request, sans = certificates[server]
         if not _same_address(host, sans):
@@ -608,7 +615,9 @@ def kind_clusters(resources: list[PolicyResource]) -> dict[str, list[tuple[int, 
             continue
         for config in kind_configs(resource.props):
             mappings = [m for node in config.get("nodes") or [] for m in node.get("extraPortMappings") or []]
-            found[str(config.get("name", "kind"))] = [(int(m["hostPort"]), str(m.get("listenAddress", ""))) for m in mappings if "hostPort" in m]
+            found[str(config.get("name", "kind"))] = [
+                (int(m["hostPort"]), str(m.get("listenAddress", ""))) for m in mappings if "hostPort" in m
+            ]
     return found
 
 
@@ -616,7 +625,9 @@ def node_ports(resources: list[PolicyResource]) -> set[int]:
     ports = set()
     for resource in resources:
         if resource.resource_type == "kubernetes:core/v1:Service" and get(resource.props, "spec", "type") == "NodePort":
-            ports |= {int(get(p, "nodePort")) for p in items(get(resource.props, "spec", "ports")) if get(p, "nodePort") is not None}
+            ports |= {
+                int(get(p, "nodePort")) for p in items(get(resource.props, "spec", "ports")) if get(p, "nodePort") is not None
+            }
     return ports
 
 
@@ -627,7 +638,10 @@ def validate_agent_endpoints_published(args: StackValidationArgs, report_violati
         if dialed.client != "agent" or dialed.port is None:
             continue
         if dialed.port not in exposed:
-            report_violation(f"{dialed.where}: the agent dials the {dialed.server} on port {dialed.port}, but no NodePort Service exposes it")
+            report_violation(
+                f"{dialed.where}: the agent dials the {dialed.server} on port {dialed.port}, but no NodePort Service exposes it",
+                None,
+            )
         # A Kind node's container name is reached directly on the `kind` network; anything else goes through the host.
         if any(dialed.host == f"{name}-control-plane" for name in clusters) or not _is_ip(dialed.host):
             continue
@@ -636,16 +650,23 @@ def validate_agent_endpoints_published(args: StackValidationArgs, report_violati
             shown = ", ".join(f"{address or 'unset'}:{port}" for port, address in published) or "nowhere"
             report_violation(
                 f"{dialed.where}: the agent dials the {dialed.server} at {dialed.host}:{dialed.port} through the host, but "
-                f"Kind publishes that port on {shown}; publish it on {dialed.host}"
+                f"Kind publishes that port on {shown}; publish it on {dialed.host}",
+                None,
             )
 
 
 # ---------------------------------------------------------------------------------------------
 
-def _resource_policy(name: str, description: str, validate: Callable[..., None], config: PolicyConfigSchema | None = None) -> ResourceValidationPolicy:
+
+def _resource_policy(
+    name: str, description: str, validate: Callable[..., None], config: PolicyConfigSchema | None = None
+) -> ResourceValidationPolicy:
     return ResourceValidationPolicy(
-        name=name, description=description, validate=validate,
-        enforcement_level=EnforcementLevel.MANDATORY, config_schema=config,
+        name=name,
+        description=description,
+        validate=validate,
+        enforcement_level=EnforcementLevel.MANDATORY,
+        config_schema=config,
     )
 
 
@@ -655,19 +676,23 @@ POLICIES = [
         "Agent containers run non-root at the configured UID/GID (keylime-push:agentUid/agentGid), with no "
         "privilege escalation, capabilities.drop [ALL], RuntimeDefault seccomp and a read-only root filesystem.",
         validate_agent_security_context,
-        PolicyConfigSchema(properties={
-            "agentUid": {"type": "integer", "minimum": 1, "default": DEFAULT_AGENT_ID},
-            "agentGid": {"type": "integer", "minimum": 1, "default": DEFAULT_AGENT_ID},
-        }),
+        PolicyConfigSchema(
+            properties={
+                "agentUid": {"type": "integer", "minimum": 1, "default": DEFAULT_AGENT_ID},
+                "agentGid": {"type": "integer", "minimum": 1, "default": DEFAULT_AGENT_ID},
+            }
+        ),
     ),
     _resource_policy(
         "no-privilege-without-reason",
         "Nothing runs privileged, as root, with added capabilities or host namespaces, except the documented "
         "exceptions, and each of those says why in a checkov.io/skipN annotation.",
         validate_no_privilege_without_reason,
-        PolicyConfigSchema(properties={
-            "exceptions": {"type": "array", "items": {"type": "string"}, "default": DEFAULT_EXCEPTIONS},
-        }),
+        PolicyConfigSchema(
+            properties={
+                "exceptions": {"type": "array", "items": {"type": "string"}, "default": DEFAULT_EXCEPTIONS},
+            }
+        ),
     ),
     _resource_policy(
         "explicit-provider",
@@ -676,7 +701,8 @@ POLICIES = [
     ),
     _resource_policy(
         "images-pinned",
-        "Every image (containers, Docker builds and their bases, Kind nodes) is pinned to a version tag or a digest, never latest or untagged.",
+        "Every image (containers, Docker builds and their bases, Kind nodes) is pinned to a version tag or a digest, "
+        "never latest or untagged.",
         validate_images_pinned,
     ),
     _resource_policy(
@@ -697,13 +723,15 @@ POLICIES = [
     ),
     StackValidationPolicy(
         name="dialed-addresses-are-sans",
-        description="Every address a client (agent, tenant, verifier) is configured to dial is a SAN of that server's certificate.",
+        description="Every address a client (agent, tenant, verifier) is configured to dial is a SAN of that server's "
+        "certificate.",
         validate=validate_dialed_addresses_are_sans,
         enforcement_level=EnforcementLevel.MANDATORY,
     ),
     StackValidationPolicy(
         name="agent-endpoints-published",
-        description="Every port an agent dials is a NodePort, and an address it dials through the host is one Kind publishes that port on.",
+        description="Every port an agent dials is a NodePort, and an address it dials through the host is one Kind publishes "
+        "that port on.",
         validate=validate_agent_endpoints_published,
         enforcement_level=EnforcementLevel.MANDATORY,
     ),

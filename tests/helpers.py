@@ -21,8 +21,15 @@ def under_each_hash_seed(argv: list[str]) -> list[str]:
     as it does between two `pulumi up` runs, while two evaluations in one process would agree."""
     outputs = []
     for seed in HASH_SEEDS:
-        result = subprocess.run(argv, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"},
-                                capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run(
+            argv,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
     return outputs

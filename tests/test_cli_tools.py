@@ -171,7 +171,8 @@ def test_a_download_that_reports_another_version_than_its_pin_is_refused(release
     pins = releases.pins(tmp_path / "pins.toml", versions={"pulumi": "3.1.0"})
     result = setup_tools(tmp_path, pins)
     assert result.returncode == 1
-    assert f"pulumi: {releases.base}/pulumi.tar.gz reports version 3.1.0, not the pinned {PINNED['pulumi']['version']}" in result.stderr
+    pinned = PINNED["pulumi"]["version"]
+    assert f"pulumi: {releases.base}/pulumi.tar.gz reports version 3.1.0, not the pinned {pinned}" in result.stderr
     assert not (tmp_path / "bin" / "pulumi").exists()
 
 
@@ -190,10 +191,17 @@ def test_the_readme_names_the_pinned_versions():
 
 
 def test_every_make_verb_finds_bin_first_and_setup_brings_the_tools(tmp_path):
-    probe = subprocess.run(["make", "--no-print-directory", "--eval", "path-probe: ; @echo $$PATH", "path-probe"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    probe = subprocess.run(
+        ["make", "--no-print-directory", "--eval", "path-probe: ; @echo $$PATH", "path-probe"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert probe.split(os.pathsep)[0] == str(ROOT / "bin")
     # A fresh ./bin, whatever this checkout's holds.
-    setup = subprocess.run(["make", "-n", "setup", f"BIN={tmp_path}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    setup = subprocess.run(
+        ["make", "-n", "setup", f"BIN={tmp_path}"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert f"-m tools.cli_tools --bin {tmp_path}" in setup
     assert setup.index("-m tools.cli_tools") < setup.index("pulumi stack select")

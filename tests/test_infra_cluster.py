@@ -96,10 +96,15 @@ def test_only_the_server_ports_accept_connections(swtpm):
     specs = {p.plain["metadata"]["name"]: p.plain["spec"] for p in kube_objects(swtpm, "NetworkPolicy", "infra")}
     assert specs["keylime-default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
     ports = {name: [p["port"] for rule in spec.get("ingress", []) for p in rule["ports"]] for name, spec in specs.items()}
-    assert ports == {"keylime-default-deny-ingress": [], "keylime-registrar-ingress": [8890, 8891], "keylime-verifier-ingress": [8881]}
+    assert ports == {
+        "keylime-default-deny-ingress": [],
+        "keylime-registrar-ingress": [8890, 8891],
+        "keylime-verifier-ingress": [8881],
+    }
 
 
 # --- InfraCluster alone, from its Args -------------------------------------------------------------
+
 
 def certificate(role: str) -> IssuedCertificate:
     return IssuedCertificate(
@@ -116,8 +121,12 @@ def infra_alone() -> ProgramRun:
         builds = {
             component: BuiltImage(
                 f"example/{component}:1",
-                docker.Image(f"{component}-build", image_name=f"example/{component}:1", skip_push=True,
-                             opts=pulumi.ResourceOptions(provider=docker_provider)),
+                docker.Image(
+                    f"{component}-build",
+                    image_name=f"example/{component}:1",
+                    skip_push=True,
+                    opts=pulumi.ResourceOptions(provider=docker_provider),
+                ),
             )
             for component in SERVER_COMPONENTS
         }

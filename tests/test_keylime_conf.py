@@ -14,7 +14,7 @@ from components import keylime_conf
 from components.endpoints import service_fqdn
 
 
-def ini(text: str) -> configparser.ConfigParser:
+def ini(text: str) -> configparser.RawConfigParser:
     parser = configparser.RawConfigParser()  # keylime's own reader
     parser.read_string(text)
     return parser

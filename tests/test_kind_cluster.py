@@ -79,7 +79,9 @@ def test_local_images_build_from_the_clones_then_add_the_thin_layer(run, tmp_pat
         (tmp_path / clone / ".git" / "HEAD").write_text("0123456789abcdef\n")
         (tmp_path / clone / marker).parent.mkdir(parents=True)
         (tmp_path / clone / marker).write_text("FROM scratch\n")
-    program = run("swtpm", imageSource="local", keylimeGit=str(tmp_path / "keylime"), rustKeylimeGit=str(tmp_path / "rust-keylime"))
+    program = run(
+        "swtpm", imageSource="local", keylimeGit=str(tmp_path / "keylime"), rustKeylimeGit=str(tmp_path / "rust-keylime")
+    )
     source = program.named("images-agent-source").plain
     assert source["build"]["context"] == str(tmp_path / "rust-keylime")
     assert source["build"]["dockerfile"] == f"{tmp_path / 'rust-keylime'}/docker/release/Dockerfile.fedora"

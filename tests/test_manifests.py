@@ -68,4 +68,7 @@ def test_every_waiver_is_an_annotation_with_its_reason(manifests):
         if check in PRIVILEGE_CHECKS:
             assert "generic-device-plugin" in path.name, (path.name, check)
         else:
-            assert check in WAIVERS or check in ("CKV_K8S_8", "CKV_K8S_9", "CKV_K8S_21", "CKV_K8S_22", "CKV_K8S_43"), (path.name, check)
+            assert check in WAIVERS or check in ("CKV_K8S_8", "CKV_K8S_9", "CKV_K8S_21", "CKV_K8S_22", "CKV_K8S_43"), (
+                path.name,
+                check,
+            )

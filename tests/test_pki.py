@@ -6,7 +6,7 @@ import pulumi
 import pulumi_tls as tls
 import pytest
 
-from components.endpoints import SubjectAltNames
+from components.endpoints import Server, SubjectAltNames
 from components.pki import KeylimePki, KeylimePkiArgs
 from tools.offline import ProgramRun, fake_pem, is_secret, run_declarations
 
@@ -76,7 +76,7 @@ def test_the_pki_needs_no_cluster_so_certificates_start_at_once(swtpm):
 
 # --- KeylimePki alone, from its Args ---------------------------------------------------------------
 
-SANS = {
+SANS: dict[Server, SubjectAltNames] = {
     "registrar": SubjectAltNames(dns_names=("registrar.example",), ip_addresses=("10.0.0.1", "2001:db8::1")),
     "verifier": SubjectAltNames(dns_names=("verifier.example", "verifier"), ip_addresses=()),
 }

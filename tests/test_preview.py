@@ -61,7 +61,9 @@ def test_without_a_shared_backend_the_preview_runs_on_a_throwaway_state_and_says
 
 
 def test_with_a_shared_backend_the_preview_diffs_against_the_deployed_stack(runner):
-    result, comment = runner.preview("swtpm", SHARED_BACKEND_URL=SHARED, SHARED_PASSPHRASE="real", FAKE_PULUMI_STACKS="swtpm,hwtpm")
+    result, comment = runner.preview(
+        "swtpm", SHARED_BACKEND_URL=SHARED, SHARED_PASSPHRASE="real", FAKE_PULUMI_STACKS="swtpm,hwtpm"
+    )
     assert result.returncode == 0, result.stderr
     calls = runner.calls()
     assert [c["args"] for c in calls] == [
@@ -126,9 +128,18 @@ def test_make_preview_runs_pulumi_preview_with_the_policy_pack(runner, tmp_path)
         (venvs / venv / ".installed").touch()
     passphrase = tmp_path / "passphrase"
     passphrase.write_text("x")
-    result = runner.run(["make", "--no-print-directory", "preview", "STACK=hwtpm", f"VENV={venvs / 'program'}",
-                         f"POLICY_VENV={venvs / 'policy'}", f"BIN={venvs / 'bin'}",
-                         f"PULUMI_CONFIG_PASSPHRASE_FILE={passphrase}"])
+    result = runner.run(
+        [
+            "make",
+            "--no-print-directory",
+            "preview",
+            "STACK=hwtpm",
+            f"VENV={venvs / 'program'}",
+            f"POLICY_VENV={venvs / 'policy'}",
+            f"BIN={venvs / 'bin'}",
+            f"PULUMI_CONFIG_PASSPHRASE_FILE={passphrase}",
+        ]
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     calls = runner.calls()
     assert [c["args"] for c in calls] == [
@@ -145,9 +156,17 @@ def test_make_preview_fails_when_the_pack_refuses(runner, tmp_path):
         (tmp_path / venv).mkdir()
         (tmp_path / venv / ".installed").touch()
     (tmp_path / "passphrase").write_text("x")
-    result = runner.run(["make", "preview", f"VENV={tmp_path / 'program'}", f"POLICY_VENV={tmp_path / 'policy'}",
-                         f"BIN={tmp_path / 'bin'}", f"PULUMI_CONFIG_PASSPHRASE_FILE={tmp_path / 'passphrase'}"],
-                        FAKE_PULUMI_VIOLATION="1")
+    result = runner.run(
+        [
+            "make",
+            "preview",
+            f"VENV={tmp_path / 'program'}",
+            f"POLICY_VENV={tmp_path / 'policy'}",
+            f"BIN={tmp_path / 'bin'}",
+            f"PULUMI_CONFIG_PASSPHRASE_FILE={tmp_path / 'passphrase'}",
+        ],
+        FAKE_PULUMI_VIOLATION="1",
+    )
     assert result.returncode != 0
     assert "host-ports-bound" in result.stdout
 

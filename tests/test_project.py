@@ -73,6 +73,7 @@ def test_make_verbs_wrap_pulumi_and_the_scripts():
     assert "enroll.py verify" in dry_run("verify") and "--stack hwtpm" in dry_run("verify")
     assert "pulumi destroy --stack" in dry_run("clean")
     assert "python -m pytest" in dry_run("test")
+    assert dry_run("test").index("ruff check .") < dry_run("test").index("python -m pytest")
     assert "pulumi preview --stack hwtpm --diff --policy-pack policy" in dry_run("preview")
     assert "python -m tools.policy_check --stack hwtpm" in dry_run("policy")
 

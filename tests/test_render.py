@@ -9,7 +9,7 @@ import sys
 import time
 
 import pulumi
-from helpers import ROOT, rendered_files, under_each_hash_seed
+from helpers import ROOT, under_each_hash_seed
 
 from tools.offline import run_declarations, run_program
 from tools.render import render
@@ -65,13 +65,16 @@ def bare_resources(count: int):
     def declare() -> None:
         provider = pulumi.ProviderResource("bare", "bare", {})
         for index in range(count):
-            pulumi.CustomResource("bare:index:Thing", f"thing-{index}", {"index": index}, pulumi.ResourceOptions(provider=provider))
+            pulumi.CustomResource(
+                "bare:index:Thing", f"thing-{index}", {"index": index}, pulumi.ResourceOptions(provider=provider)
+            )
 
     return declare
 
 
 def cpu_seconds(declare) -> float:
     """CPU time of this process and of the processes it waited for: what another busy process cannot inflate."""
+
     def now() -> float:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         return time.process_time() + children.ru_utime + children.ru_stime

@@ -12,8 +12,9 @@ import dataclasses
 import hashlib
 import json
 import runpy
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pulumi
 import yaml

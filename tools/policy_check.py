@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Mapping
 from importlib.metadata import version
-from typing import Any, Mapping
+from typing import Any
 
 import pulumi
 from google.protobuf import json_format, struct_pb2
@@ -38,6 +39,7 @@ from components.settings import SettingsError
 from policy.rules import POLICIES
 from tools.offline import ProgramRun, Resource, run_program, stack_config
 from tools.render import parse_overrides
+
 
 @dataclasses.dataclass(frozen=True)
 class Violation:
@@ -128,9 +130,14 @@ def evaluate(
                 if not resource.custom:
                     continue
                 args = resource_args(resource, run, config)
-                policy.validate(args, lambda message, urn=None, r=resource, p=policy: violations.append(Violation(p.name, r.urn, message)))
+                policy.validate(
+                    args, lambda message, urn=None, r=resource, p=policy: violations.append(Violation(p.name, r.urn, message))
+                )
         elif isinstance(policy, StackValidationPolicy):
-            policy.validate(stack_args(run, config), lambda message, urn=None, p=policy: violations.append(Violation(p.name, urn or "", message)))
+            policy.validate(
+                stack_args(run, config),
+                lambda message, urn=None, p=policy: violations.append(Violation(p.name, urn or "", message)),
+            )
     return violations
 
 

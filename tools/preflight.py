@@ -26,7 +26,7 @@ from tools.lab.session import ROOT, Lab, LabUnavailable
 from tools.render import parse_overrides
 
 
-class Failed(Exception):
+class Failed(Exception):  # noqa: N818 (the preflight's verdict, printed as FAIL; not a fault of the tool)
     pass
 
 

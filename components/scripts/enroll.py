@@ -39,7 +39,7 @@ AGENT_ID = re.compile(r"\b(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 PCR_MISMATCH = re.compile(r"PCR #\d+: \S+ from quote .* does not match expected value .*")
 
 
-class Failure(Exception):
+class Failure(Exception):  # noqa: N818 (the outcome, not a fault of the script: `except Failure` reads as it is meant)
     """The agents did not reach the wanted state; the message says which and why."""
 
 

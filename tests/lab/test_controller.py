@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.__main__ import check
-from controller.ek import TrustStore
 from controller.backoff import Backoff
+from controller.ek import TrustStore
 from controller.keylime import Registrar, Tls, Verifier
 from controller.kube import CONDITION_TYPE, STATUS_LABEL, TAINT_KEY, Cluster
 from controller.metrics import ControllerCollector

@@ -33,7 +33,7 @@ def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) 
     return context
 
 
-def handshake(port: int, name: str, context: ssl.SSLContext) -> dict:
+def handshake(port: int, name: str, context: ssl.SSLContext) -> dict | None:
     """Connect to 127.0.0.1, verify the server as `name` (certificate chain and SAN), return its certificate."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname=name) as tls:

@@ -110,9 +110,16 @@ class FakeKubernetes:
                 with fake._lock:
                     if fake.down:
                         fake.calls["unavailable"] += 1
-                        return self._send(503, {"kind": "Status", "status": "Failure", "code": 503, "reason": "ServiceUnavailable"})
-                    status, body = fake.dispatch(method, path, query, self._body() if method in ("PATCH", "POST") else None,
-                                                 self.headers.get("Content-Type", ""))
+                        return self._send(
+                            503, {"kind": "Status", "status": "Failure", "code": 503, "reason": "ServiceUnavailable"}
+                        )
+                    status, body = fake.dispatch(
+                        method,
+                        path,
+                        query,
+                        self._body() if method in ("PATCH", "POST") else None,
+                        self.headers.get("Content-Type", ""),
+                    )
                 self._send(status, body)
 
             def do_GET(self) -> None:
@@ -129,14 +136,21 @@ class FakeKubernetes:
     def dispatch(self, method: str, path: str, query: str, body: Any, content_type: str) -> tuple[int, dict]:
         if method == "GET" and path == "/api/v1/nodes":
             self.calls["list nodes"] += 1
-            return 200, {"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "1"},
-                         "items": [copy.deepcopy(n) for _, n in sorted(self.nodes.items())]}
+            return 200, {
+                "apiVersion": "v1",
+                "kind": "NodeList",
+                "metadata": {"resourceVersion": "1"},
+                "items": [copy.deepcopy(n) for _, n in sorted(self.nodes.items())],
+            }
         if method == "GET" and (match := re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods", path)):
             self.calls["list pods"] += 1
             selectors = parse_qs(query).get("labelSelector", [""])[0]
             selector = dict(term.split("=", 1) for term in selectors.split(",") if term)
-            items = [copy.deepcopy(p) for (ns, _), p in sorted(self.pods.items())
-                     if ns == match.group(1) and all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+            items = [
+                copy.deepcopy(p)
+                for (ns, _), p in sorted(self.pods.items())
+                if ns == match.group(1) and all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())
+            ]
             return 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items}
         if method == "PATCH" and (match := re.fullmatch(r"/api/v1/nodes/([^/]+)(/status)?", path)):
             if content_type != "application/strategic-merge-patch+json":

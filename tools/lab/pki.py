@@ -20,7 +20,8 @@ import ipaddress
 import json
 import secrets
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -157,7 +158,7 @@ def certificate(
     if unknown:
         raise DeclarationError(f"allowed uses the lab cannot map: {unknown}")
     is_ca = bool(inputs.get("isCaCertificate"))
-    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -25,8 +25,9 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 JSON_API = "application/vnd.api+json"
@@ -189,11 +190,18 @@ class PushClient:
         if tamper_challenge:
             challenge = bytes(b ^ 0xFF for b in challenge)
         attest, signature = self.certify(challenge)
-        provided = {**pop, "data": {"message": base64.b64encode(attest).decode(), "signature": base64.b64encode(signature).decode()}}
+        signed = {"message": base64.b64encode(attest).decode(), "signature": base64.b64encode(signature).decode()}
+        provided = {**pop, "data": signed}
         status, _, answer = self.request(
-            "PATCH", f"/sessions/{session_id}",
-            {"data": {"type": "session", "id": session_id,
-                      "attributes": {"agent_id": self.uuid, "authentication_provided": [provided]}}},
+            "PATCH",
+            f"/sessions/{session_id}",
+            {
+                "data": {
+                    "type": "session",
+                    "id": session_id,
+                    "attributes": {"agent_id": self.uuid, "authentication_provided": [provided]},
+                }
+            },
             auth=False,
         )
         attributes = answer.get("data", {}).get("attributes", {})
@@ -236,15 +244,30 @@ class PushClient:
                             },
                         }
                     ],
-                    "system_info": {"boot_time": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()},
+                    "system_info": {"boot_time": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()},
                 },
             }
         }
 
     def quote(self, challenge: bytes, pcrs: list[int]) -> dict[str, str]:
         selection = "sha256:" + ",".join(map(str, pcrs))
-        self.tpm("tpm2_quote", "-c", hex(self.ak_handle), "-l", selection, "-q", challenge.hex(), "-g", "sha256",
-                 "-m", "quote.msg", "-s", "quote.sig", "-o", "quote.pcrs")
+        self.tpm(
+            "tpm2_quote",
+            "-c",
+            hex(self.ak_handle),
+            "-l",
+            selection,
+            "-q",
+            challenge.hex(),
+            "-g",
+            "sha256",
+            "-m",
+            "quote.msg",
+            "-s",
+            "quote.sig",
+            "-o",
+            "quote.pcrs",
+        )
         read = lambda name: base64.b64encode((self.workdir / name).read_bytes()).decode()  # noqa: E731
         return {"message": read("quote.msg"), "signature": read("quote.sig"), "subject_data": read("quote.pcrs")}
 
@@ -303,10 +326,16 @@ class PushClient:
         for item in requested:
             chosen = item["chosen_parameters"]
             selected = chosen["selected_subjects"]["sha256"]
-            evidence.append({"evidence_class": "certification", "evidence_type": "tpm_quote",
-                             "data": self.quote(base64.b64decode(chosen["challenge"]), selected)})
+            evidence.append(
+                {
+                    "evidence_class": "certification",
+                    "evidence_type": "tpm_quote",
+                    "data": self.quote(base64.b64decode(chosen["challenge"]), selected),
+                }
+            )
         status, headers, answer = self.request(
-            "PATCH", f"/agents/{self.uuid}/attestations/latest",
+            "PATCH",
+            f"/agents/{self.uuid}/attestations/latest",
             {"data": {"type": "attestation", "attributes": {"evidence_collected": evidence}}},
         )
         if status == 429:

@@ -20,8 +20,9 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .declared import Cluster
 from .pod import Pod
@@ -300,7 +301,7 @@ class KeylimeInfra:
                     break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"keylime_{component} not listening on {port}:\n{self.tail(component)}")
+                        raise RuntimeError(f"keylime_{component} not listening on {port}:\n{self.tail(component)}") from None
                     time.sleep(0.1)
 
     def tail(self, component: str, lines: int = 40) -> str:
