@@ -5,8 +5,9 @@ Until an agent is enrolled every login fails, and keylime_push_model_agent 0.2.9
 counts new sessions per agent and per source address, refuses past its limits and blocks the agent or the
 address for 60 s, doubling on every repeat. Behind one SNAT address the whole fleet shares one count.
 
-The fleet (tools/lab/fleet.py): 64 agents on 2 software TPMs, registered at the registrar, started at once. The servers are a lab of their own, the program evaluated for 64 agent clusters, listening on
-127.0.0.2 beside the session's lab; every agent reaches them from 127.0.0.1, one address, as behind SNAT.
+The fleet (tools/lab/fleet.py): 64 agents on 2 software TPMs, registered at the registrar, started at once.
+The servers are a lab of their own, the program evaluated for 64 agent clusters, listening on 127.0.0.2
+beside the session's lab; every agent reaches them from 127.0.0.1, one address, as behind SNAT.
 """
 
 from __future__ import annotations

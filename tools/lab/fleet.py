@@ -20,8 +20,9 @@ import hashlib
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .agent import EmulatedAgent
 from .push import Journal, PushAgent
