@@ -15,6 +15,7 @@ import pulumi_kubernetes as k8s
 
 from components import keylime_conf
 from components.endpoints import KEYLIME_NAMESPACE
+from components.images import BuiltImage
 from components.pod_security import (
     checkov_waivers,
     container_security_context,
@@ -23,7 +24,6 @@ from components.pod_security import (
     pod_security_context,
     resources,
 )
-from components.images import BuiltImage
 from components.rollout import inputs_annotation
 
 TpmAccess = Literal["swtpm", "device"]

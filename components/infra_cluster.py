@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -16,8 +17,8 @@ from components.pki import IssuedCertificate
 from components.pod_security import (
     allow_ingress,
     checkov_waivers,
-    deny_all_ingress,
     container_security_context,
+    deny_all_ingress,
     empty_dir,
     pod_security_context,
     resources,
@@ -138,7 +139,10 @@ class InfraCluster(pulumi.ComponentResource):
         verifier_service = servers.node_port_service("verifier", {"https": (VERIFIER_PORT, args.verifier_node_port)})
         for policy_name, spec in (
             ("default-deny-ingress", deny_all_ingress()),
-            ("registrar-ingress", allow_ingress({"app.kubernetes.io/name": "keylime-registrar"}, [REGISTRAR_PORT, REGISTRAR_TLS_PORT])),
+            (
+                "registrar-ingress",
+                allow_ingress({"app.kubernetes.io/name": "keylime-registrar"}, [REGISTRAR_PORT, REGISTRAR_TLS_PORT]),
+            ),
             ("verifier-ingress", allow_ingress({"app.kubernetes.io/name": "keylime-verifier"}, [VERIFIER_PORT])),
         ):
             k8s.networking.v1.NetworkPolicy(
@@ -242,7 +246,9 @@ class _Servers:
             specific = {"CKV_K8S_8": idle, "CKV_K8S_9": idle}
         return k8s.apps.v1.Deployment(
             f"{self.name}-{component}",
-            metadata=_metadata(f"keylime-{component}", component, checkov_waivers("CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15", **specific)),
+            metadata=_metadata(
+                f"keylime-{component}", component, checkov_waivers("CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15", **specific)
+            ),
             spec={
                 "replicas": 1,
                 # One sqlite writer: the old pod must stop before the new one opens the database.
@@ -263,7 +269,10 @@ class _Servers:
                         "securityContext": pod_security_context(uid, gid),
                         "containers": [container],
                         "volumes": [
-                            {"name": "config", "configMap": {"name": CONFIG_MAP, "items": [{"key": config_file, "path": config_file}]}},
+                            {
+                                "name": "config",
+                                "configMap": {"name": CONFIG_MAP, "items": [{"key": config_file, "path": config_file}]},
+                            },
                             {"name": "tls", "secret": {"secretName": secret, "defaultMode": 0o440}},
                             data_volume,
                             empty_dir("run", "16Mi"),

@@ -17,8 +17,8 @@ import pulumi_tls as tls
 
 from components import cloud_init
 from components.agent_workload import TOLERATE_UNTRUSTED, TPM_DEVICE, AgentPodArgs, declare_agent_workload, node_state_dirs
-from components.providers import cluster_provider
 from components.pod_security import checkov_waivers, resources
+from components.providers import cluster_provider
 
 VM_NAME = "keylime-vtpm"
 STORAGE_POOL = "default"

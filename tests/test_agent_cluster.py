@@ -76,7 +76,9 @@ def test_agent_conf_in_the_config_map_is_the_rendered_one(run):
     program = run("swtpm", uuid="generate", verifierNodePort=31881)
     (config,) = kube_objects(program, "ConfigMap", "agents-1")
     agent = tomllib.loads(config.plain["data"]["agent.conf"])["agent"]
-    assert agent == tomllib.loads(keylime_conf.agent_conf(settings_for("swtpm", uuid="generate", verifierNodePort=31881)))["agent"]
+    assert (
+        agent == tomllib.loads(keylime_conf.agent_conf(settings_for("swtpm", uuid="generate", verifierNodePort=31881)))["agent"]
+    )
     assert agent["uuid"] == "generate" and agent["verifier_url"].endswith(":31881")
 
 
@@ -145,12 +147,17 @@ def agent_cluster_alone() -> tuple[ProgramRun, dict[str, object]]:
 
     def declare() -> None:
         command_provider, docker_provider = command.Provider("command"), docker.Provider("docker")
-        build = docker.Image("agent-build", image_name="example/agent:1", skip_push=True,
-                             opts=pulumi.ResourceOptions(provider=docker_provider))
-        pod = AgentPodArgs(image=BuiltImage("example/agent:1", build), agent_conf=ALONE_AGENT_CONF, uid=1234, gid=2345,
-                           ca_cert_pem="CA")
-        host: AgentHost = AgentCluster("alone", AgentClusterArgs("keylime-ci-agents-3", "keylime-push/ci", agent=pod),
-                                       pulumi.ResourceOptions(providers=[command_provider, docker_provider]))
+        build = docker.Image(
+            "agent-build", image_name="example/agent:1", skip_push=True, opts=pulumi.ResourceOptions(provider=docker_provider)
+        )
+        pod = AgentPodArgs(
+            image=BuiltImage("example/agent:1", build), agent_conf=ALONE_AGENT_CONF, uid=1234, gid=2345, ca_cert_pem="CA"
+        )
+        host: AgentHost = AgentCluster(
+            "alone",
+            AgentClusterArgs("keylime-ci-agents-3", "keylime-push/ci", agent=pod),
+            pulumi.ResourceOptions(providers=[command_provider, docker_provider]),
+        )
         shown["host_name"] = host.host_name
         host.identity.apply(lambda identity: shown.setdefault("identity", identity))
         host.daemon_set.urn.apply(lambda urn: shown.setdefault("daemon_set", urn))
@@ -191,6 +198,7 @@ def test_every_agent_host_declares_the_agent_host_members_with_their_types(host)
 
 # --- the agent's identity lives on the node --------------------------------------------------
 
+
 def host_paths(daemon_set) -> dict[str, str]:
     """volume name -> hostPath of the agent pod, each of which must be of type Directory."""
     found = {}
@@ -220,7 +228,10 @@ def test_the_agents_ak_file_lies_on_a_node_directory_not_in_the_pod(run, stack):
 
 def test_the_software_tpms_state_lies_on_a_node_directory_for_every_container_that_uses_it(swtpm):
     for daemon_set in agent_daemon_sets(swtpm):
-        assert host_paths(daemon_set) == {"agent-state": "/var/lib/keylime-push/agent", "swtpm-state": "/var/lib/keylime-push/swtpm"}
+        assert host_paths(daemon_set) == {
+            "agent-state": "/var/lib/keylime-push/agent",
+            "swtpm-state": "/var/lib/keylime-push/swtpm",
+        }
         init = next(c for c in all_containers(daemon_set) if c["name"] == "swtpm-init")
         assert mount_of(daemon_set, "swtpm-init", "swtpm-state") == env_of(init)["SWTPM_STATE_DIR"]
         assert mount_of(daemon_set, "swtpm", "swtpm-state") == env_of(init)["SWTPM_STATE_DIR"]

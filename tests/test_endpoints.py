@@ -11,7 +11,7 @@ import pytest
 from helpers import settings_for, under_each_hash_seed
 
 from components import keylime_conf
-from components.endpoints import dial, dials, server_sans, vm_host_address
+from components.endpoints import dial, server_sans, vm_host_address
 
 
 def declared_sans(run, server: str) -> set[str]:

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from helpers import ROOT
 from google.protobuf import empty_pb2, json_format, struct_pb2
+from helpers import ROOT
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 
 from tools.offline import ProgramRun, Resource, run_program, stack_config
@@ -59,9 +59,16 @@ def wire(inputs: dict) -> struct_pb2.Struct:
 def request(resource: Resource, run: ProgramRun) -> analyzer_pb2.AnalyzeRequest:
     provider = run.by_urn(resource.provider.rsplit("::", 1)[0])
     return analyzer_pb2.AnalyzeRequest(
-        type=resource.type, name=resource.name, urn=resource.urn, properties=wire(resource.inputs),
-        options=analyzer_pb2.AnalyzerResourceOptions(parent=resource.parent, additionalSecretOutputs=resource.additional_secret_outputs),
-        provider=analyzer_pb2.AnalyzerProviderResource(type=provider.type, name=provider.name, urn=provider.urn, properties=wire(provider.inputs)),
+        type=resource.type,
+        name=resource.name,
+        urn=resource.urn,
+        properties=wire(resource.inputs),
+        options=analyzer_pb2.AnalyzerResourceOptions(
+            parent=resource.parent, additionalSecretOutputs=resource.additional_secret_outputs
+        ),
+        provider=analyzer_pb2.AnalyzerProviderResource(
+            type=provider.type, name=provider.name, urn=provider.urn, properties=wire(provider.inputs)
+        ),
     )
 
 
@@ -74,9 +81,16 @@ def test_the_pack_serves_every_policy_as_mandatory(pack_with):
     info = pack_with({}).GetAnalyzerInfo(empty_pb2.Empty())
     assert info.name == "keylime-push"
     assert {p.name: p.enforcementLevel for p in info.policies} == {
-        name: MANDATORY for name in (
-            "agent-security-context", "no-privilege-without-reason", "explicit-provider", "images-pinned",
-            "key-material-in-secrets", "tpm-policy-pcrs", "host-ports-bound", "dialed-addresses-are-sans",
+        name: MANDATORY
+        for name in (
+            "agent-security-context",
+            "no-privilege-without-reason",
+            "explicit-provider",
+            "images-pinned",
+            "key-material-in-secrets",
+            "tpm-policy-pcrs",
+            "host-ports-bound",
+            "dialed-addresses-are-sans",
             "agent-endpoints-published",
         )
     }
@@ -86,10 +100,12 @@ def test_the_engine_s_requests_for_the_program_pass(pack_with, swtpm):
     stub = pack_with(stack_config("swtpm"))
     found = [d for r in swtpm.resources if r.custom and r.provider for d in diagnostics(stub.Analyze(request(r, swtpm)))]
     assert found == []
-    stack = analyzer_pb2.AnalyzeStackRequest(resources=[
-        analyzer_pb2.AnalyzerResource(type=r.type, name=r.name, urn=r.urn, properties=wire(r.inputs), parent=r.parent)
-        for r in swtpm.resources
-    ])
+    stack = analyzer_pb2.AnalyzeStackRequest(
+        resources=[
+            analyzer_pb2.AnalyzerResource(type=r.type, name=r.name, urn=r.urn, properties=wire(r.inputs), parent=r.parent)
+            for r in swtpm.resources
+        ]
+    )
     assert diagnostics(stub.AnalyzeStack(stack)) == []
 
 

@@ -11,7 +11,7 @@ from helpers import ROOT
 
 from tools.renewal import due
 
-NOW = datetime.datetime(2027, 11, 1, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2027, 11, 1, tzinfo=datetime.UTC)
 LEAF = "tls:index/locallySignedCert:LocallySignedCert"
 
 

@@ -23,7 +23,9 @@ def annotation(workload) -> str:
 
 
 def declared(program, provider: str, kind: str, name: str) -> dict:
-    (found,) = [o for o in kube_objects(program, kind) if o.provider.split("::")[-2] == provider and o.plain["metadata"]["name"] == name]
+    (found,) = [
+        o for o in kube_objects(program, kind) if o.provider.split("::")[-2] == provider and o.plain["metadata"]["name"] == name
+    ]
     return found.plain
 
 
@@ -36,7 +38,9 @@ def what_the_pod_reads(program, provider: str, workload) -> dict:
             keys = [item["key"] for item in volume["configMap"].get("items", [])] or list(data)
             read[volume["configMap"]["name"]] = {key: data[key] for key in keys}
         elif "secret" in volume:
-            read[volume["secret"]["secretName"]] = declared(program, provider, "Secret", volume["secret"]["secretName"])["stringData"]
+            read[volume["secret"]["secretName"]] = declared(program, provider, "Secret", volume["secret"]["secretName"])[
+                "stringData"
+            ]
     return read
 
 

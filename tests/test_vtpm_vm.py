@@ -106,7 +106,9 @@ def test_the_vm_has_a_static_address_and_uses_the_host_for_routing_and_dns():
 def test_the_vms_agent_dials_only_addresses_in_the_server_certificates(hwtpm):
     (config,) = kube_objects(hwtpm, "ConfigMap", "vm")
     agent = tomllib.loads(config.plain["data"]["agent.conf"])["agent"]
-    verifier_sans = set(hwtpm.named("pki-verifier-csr").plain["ipAddresses"]) | set(hwtpm.named("pki-verifier-csr").plain["dnsNames"])
+    verifier_sans = set(hwtpm.named("pki-verifier-csr").plain["ipAddresses"]) | set(
+        hwtpm.named("pki-verifier-csr").plain["dnsNames"]
+    )
     registrar_sans = set(hwtpm.named("pki-registrar-csr").plain["ipAddresses"])
     assert urlsplit(agent["verifier_url"]).hostname in verifier_sans
     assert agent["registrar_ip"] in registrar_sans
@@ -119,7 +121,9 @@ def test_the_hardware_agent_takes_the_tpm_from_the_device_plugin_without_privile
     assert "initContainers" not in spec
     assert "supplementalGroups" not in spec["securityContext"]
     # The one hostPath is the agent's own state on the node (its AK), which the VM's node-state gives it.
-    assert [v["hostPath"] for v in spec["volumes"] if "hostPath" in v] == [{"path": "/var/lib/keylime-push/agent", "type": "Directory"}]
+    assert [v["hostPath"] for v in spec["volumes"] if "hostPath" in v] == [
+        {"path": "/var/lib/keylime-push/agent", "type": "Directory"}
+    ]
     (agent,) = spec["containers"]
     env = env_of(agent)
     assert env["TCTI"] == "device:/dev/tpmrm0"
@@ -163,11 +167,17 @@ def test_images_reach_the_vm_again_only_for_a_new_image_or_a_new_vm(hwtpm):
 
 # --- the scripts, with the VM's commands stood in for ---------------------------------------
 
+
 @pytest.fixture
 def vm_fakes(tmp_path):
     (tmp_path / "containerd.toml").write_text(CONTAINERD_DEFAULT)
-    env = {**os.environ, "PATH": f"{VM_FAKES}:{os.environ['PATH']}", "FAKE_STATE": str(tmp_path),
-           "BOOTSTRAP_ROOT": str(tmp_path / "root"), "FAKE_CONTAINERD_DEFAULT_CONFIG": str(tmp_path / "containerd.toml")}
+    env = {
+        **os.environ,
+        "PATH": f"{VM_FAKES}:{os.environ['PATH']}",
+        "FAKE_STATE": str(tmp_path),
+        "BOOTSTRAP_ROOT": str(tmp_path / "root"),
+        "FAKE_CONTAINERD_DEFAULT_CONFIG": str(tmp_path / "containerd.toml"),
+    }
     env_file = tmp_path / "bootstrap.env"
     env_file.write_text(cloud_init.bootstrap_env(settings_for("hwtpm").vm_network_cidr))
     return tmp_path, env, env_file
@@ -181,7 +191,10 @@ def test_bootstrap_switches_both_containerd_keys_in_place_and_runs_kubeadm(vm_fa
     assert config.count("device_ownership_from_security_context") == 1
     assert "device_ownership_from_security_context = true" in config and "SystemdCgroup = true" in config
     calls = (tmp_path / "vm-calls.log").read_text()
-    assert "kubeadm init --pod-network-cidr 10.244.0.0/16 --service-cidr 10.96.0.0/12 --apiserver-advertise-address 192.168.150.10" in calls
+    assert (
+        "kubeadm init --pod-network-cidr 10.244.0.0/16 --service-cidr 10.96.0.0/12 --apiserver-advertise-address 192.168.150.10"
+        in calls
+    )
     assert "apt-get install -y kubelet kubeadm kubectl kubernetes-cni" in calls
     assert calls.index("systemctl restart containerd") < calls.index("kubeadm init")
     sources = (tmp_path / "root" / "etc" / "apt" / "sources.list.d" / "kubernetes.list").read_text()
@@ -190,7 +203,9 @@ def test_bootstrap_switches_both_containerd_keys_in_place_and_runs_kubeadm(vm_fa
 
 def test_bootstrap_refuses_a_containerd_config_without_the_key(vm_fakes):
     tmp_path, env, env_file = vm_fakes
-    (tmp_path / "containerd.toml").write_text(CONTAINERD_DEFAULT.replace("    device_ownership_from_security_context = false\n", ""))
+    (tmp_path / "containerd.toml").write_text(
+        CONTAINERD_DEFAULT.replace("    device_ownership_from_security_context = false\n", "")
+    )
     result = subprocess.run([str(BOOTSTRAP), str(env_file)], env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 1 and "exactly one device_ownership_from_security_context" in result.stderr
     assert "kubeadm init" not in (tmp_path / "vm-calls.log").read_text()
@@ -198,8 +213,14 @@ def test_bootstrap_refuses_a_containerd_config_without_the_key(vm_fakes):
 
 def test_images_stream_into_the_vm_with_the_pinned_host_key_and_no_key_left_behind(vm_fakes):
     tmp_path, env, _ = vm_fakes
-    env = {**env, "VM_HOST": "192.168.150.10", "VM_USER": "keylime-push", "SSH_PRIVATE_KEY": "PRIVATE",
-           "SSH_HOST_PUBLIC_KEY": "ssh-ed25519 AAAAhostkey", "IMAGES": "keylime-push/agent:0.2.9-abc"}
+    env = {
+        **env,
+        "VM_HOST": "192.168.150.10",
+        "VM_USER": "keylime-push",
+        "SSH_PRIVATE_KEY": "PRIVATE",
+        "SSH_HOST_PUBLIC_KEY": "ssh-ed25519 AAAAhostkey",
+        "IMAGES": "keylime-push/agent:0.2.9-abc",
+    }
     result = subprocess.run([str(LOAD_IMAGES)], env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "vm-calls.log").read_text()
@@ -274,6 +295,7 @@ def test_the_vm_is_the_one_agent_host_enrollment_waits_for_and_re_enrolls_on(hwt
 
 # --- day 2: the node's state, a fresh disk for a new domain ------------------------------------
 
+
 def test_the_vm_is_prepared_for_the_agents_host_path_as_root_over_ssh_before_the_agent_starts(run):
     program = run("hwtpm", agentUid=1234, agentGid=2345)
     prepare = program.named("vm-node-state").plain
@@ -288,9 +310,17 @@ def disks(program) -> tuple[str, str]:
     return program.named("vm-root").plain["name"], program.named("vm-cloud-init").plain["name"]
 
 
-@pytest.mark.parametrize("change", [{"vmCpus": 4}, {"vmMemoryMiB": 8192}, {"vmImage": "https://images.example.org/noble.img"}, {"vmNetworkCidr": "10.77.0.0/24"}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"vmCpus": 4},
+        {"vmMemoryMiB": 8192},
+        {"vmImage": "https://images.example.org/noble.img"},
+        {"vmNetworkCidr": "10.77.0.0/24"},
+    ],
+)
 def test_whatever_replaces_the_domain_replaces_its_root_disk_too(run, hwtpm, change):
-    assert all(name != other for name, other in zip(disks(hwtpm), disks(run("hwtpm", **change))))
+    assert all(name != other for name, other in zip(disks(hwtpm), disks(run("hwtpm", **change)), strict=True))
 
 
 def test_the_disks_keep_their_names_while_nothing_about_the_guest_changes(run, hwtpm):

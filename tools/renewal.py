@@ -33,7 +33,7 @@ def due(export: dict[str, Any], now: datetime.datetime) -> list[str]:
 
 
 def main() -> int:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     print(" ".join(f"--replace={urn}" for urn in due(json.load(sys.stdin), now)))
     return 0
 

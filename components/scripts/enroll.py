@@ -43,7 +43,7 @@ class Failure(Exception):  # noqa: N818 (the outcome, not a fault of the script:
     """The agents did not reach the wanted state; the message says which and why."""
 
 
-class CannotRun(Exception):
+class CannotRun(Exception):  # noqa: N818 (a state of this machine, as `except CannotRun` reads; not a fault of the script)
     """A local tool is missing: says nothing about the cluster, so no action may take it for an answer."""
 
 

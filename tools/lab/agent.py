@@ -50,7 +50,7 @@ DEFAULT_AGENT_DATA = "agent_data.json"
 AK_HASH_ALG, AK_SIGN_ALG = "sha256", "rsassa"
 
 
-class RegistrationRefused(RuntimeError):
+class RegistrationRefused(RuntimeError):  # noqa: N818 (the registrar's answer, as `except RegistrationRefused` reads)
     def __init__(self, step: str, status: int, answer: dict[str, Any]):
         self.status = status
         super().__init__(f"{step} answered {status}: {answer}")

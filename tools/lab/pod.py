@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .declared import Cluster
 
@@ -73,7 +74,9 @@ class Pod:
         if kind == "DirectoryOrCreate":
             directory.mkdir(mode=0o755, parents=True, exist_ok=True)
         elif kind != "Directory":
-            raise NotImplementedError(f"hostPath {source['path']}: the lab models types Directory and DirectoryOrCreate, not {kind!r}")
+            raise NotImplementedError(
+                f"hostPath {source['path']}: the lab models types Directory and DirectoryOrCreate, not {kind!r}"
+            )
         if not directory.is_dir():
             raise FileNotFoundError(f"hostPath type check failed: {source['path']} is not a directory on the node")
         return directory
@@ -120,8 +123,10 @@ class Pod:
 
     def declared_env(self, container: str) -> dict[str, str]:
         """Literal values as declared; downward-API fields as the kubelet fills them on the lab's one node."""
-        return {item["name"]: item["value"] if "value" in item else self.field(item["valueFrom"])
-                for item in self.container(container).get("env", [])}
+        return {
+            item["name"]: item["value"] if "value" in item else self.field(item["valueFrom"])
+            for item in self.container(container).get("env", [])
+        }
 
     @staticmethod
     def field(source: dict[str, Any]) -> str:

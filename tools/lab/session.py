@@ -13,9 +13,9 @@ import shlex
 import shutil
 import subprocess
 import tomllib
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from tools.offline import ProgramRun, run_program
@@ -47,7 +47,7 @@ HOST_TOOLS = {
 }
 
 
-class LabUnavailable(RuntimeError):
+class LabUnavailable(RuntimeError):  # noqa: N818 (a state of this machine, as `except LabUnavailable` reads)
     """What this machine lacks to run the lab, and how to get it."""
 
 
@@ -74,8 +74,17 @@ class LabPki:
         declarations = tls_declarations(program)
         write_json(directory / "declared.json", declarations)
         result = subprocess.run(
-            [str(lab_bin / "python"), str(LAB / "pki.py"), "issue", str(directory / "declared.json"), str(directory / "real.json")],
-            capture_output=True, text=True, timeout=120, check=False,
+            [
+                str(lab_bin / "python"),
+                str(LAB / "pki.py"),
+                "issue",
+                str(directory / "declared.json"),
+                str(directory / "real.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         if result.returncode != 0:
             raise RuntimeError(f"pki.py issue failed:\n{result.stderr}")
@@ -100,13 +109,19 @@ class LabPki:
         return path
 
     def describe(self, resource_name: str) -> dict:
-        result = subprocess.run([str(self.lab_bin / "python"), str(LAB / "pki.py"), "describe", str(self.file(resource_name))],
-                                capture_output=True, text=True, timeout=60, check=True)
+        result = subprocess.run(
+            [str(self.lab_bin / "python"), str(LAB / "pki.py"), "describe", str(self.file(resource_name))],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         return json.loads(result.stdout)
 
 
-def run_enrollment(kubectl_env: dict[str, str], line: str, environment: dict[str, str], **overrides: str
-                   ) -> subprocess.CompletedProcess:
+def run_enrollment(
+    kubectl_env: dict[str, str], line: str, environment: dict[str, str], **overrides: str
+) -> subprocess.CompletedProcess:
     """Run an enrollment Command line with its declared environment, through kube.sh and the lab's kubectl.
     The lab has one agent (EXPECTED_AGENTS=1) and polls faster."""
     env = {**kubectl_env, **environment, "EXPECTED_AGENTS": "1", "POLL_SECONDS": "0.5", **overrides}
@@ -123,8 +138,13 @@ def node_port_target(cluster_: Cluster, node_port: int) -> int:
 
 
 class Lab:
-    def __init__(self, stack: str, lab_bin: Path, overrides: Mapping[str, object] | None = None,
-                 listen_address: str = DEFAULT_LISTEN_ADDRESS):
+    def __init__(
+        self,
+        stack: str,
+        lab_bin: Path,
+        overrides: Mapping[str, object] | None = None,
+        listen_address: str = DEFAULT_LISTEN_ADDRESS,
+    ):
         """`listen_address`: the loopback address the servers listen on; another one than the default lets
         this lab's servers run beside another lab's."""
         check_host(lab_bin)
@@ -190,14 +210,24 @@ class Lab:
         if declared:
             environment = declared[0].plain["environment"]
             directories = [str(node / d.lstrip("/")) for d in environment["NODE_STATE_DIRS"].split()]
-            subprocess.run(["bash", str(NODE_STATE_SCRIPT), environment["NODE_STATE_OWNER"], *directories],
-                           capture_output=True, text=True, timeout=60, check=True)
+            subprocess.run(
+                ["bash", str(NODE_STATE_SCRIPT), environment["NODE_STATE_OWNER"], *directories],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
         return node
 
     def agent_pod_on(self, node: str) -> Pod:
         """A new pod of the agent DaemonSet on `node`: fresh emptyDirs, the node's hostPaths as they are."""
-        return Pod(self.root / "pods" / f"{node}-{next(self._pods)}", self.agent_cluster,
-                   self.agent_cluster.pod_spec("DaemonSet", "keylime-agent"), self.pki.real, node=self.node(node))
+        return Pod(
+            self.root / "pods" / f"{node}-{next(self._pods)}",
+            self.agent_cluster,
+            self.agent_cluster.pod_spec("DaemonSet", "keylime-agent"),
+            self.pki.real,
+            node=self.node(node),
+        )
 
     @cached_property
     def agent_pod(self) -> Pod:
