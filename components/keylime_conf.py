@@ -151,9 +151,13 @@ def verifier_conf(settings: Settings) -> str:
                 "quote_interval": quote_interval(settings),
                 "max_upload_size": 104857600,
                 "request_timeout": 60.0,
-                "measured_boot_policy_name": "accept-all",
+                # Agents enrolled with an mbPolicy (a reference state from `keylime-policy create
+                # measured-boot`) are judged by keylime's shim + grub + Linux policy; with accept-all the
+                # reference state would be ignored. "always": a reboot into another boot chain is judged
+                # again ("once" judges only an agent's first attestation).
+                "measured_boot_policy_name": "example",
                 "measured_boot_imports": [],
-                "measured_boot_evaluate": "once",
+                "measured_boot_evaluate": "always",
                 "severity_labels": ["info", "notice", "warning", "error", "critical", "alert", "emergency"],
                 "severity_policy": [{"event_id": ".*", "severity_label": "emergency"}],
                 "ignore_tomtou_errors": False,

@@ -29,6 +29,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from components import boot_log
+
 from .pod import Pod
 
 # swtpm_setup (the init container) persists the EK it certified at 0x81010001. The agent creates its EK
@@ -179,6 +181,10 @@ class EmulatedAgent:
     def extend_pcr(self, pcr: int, digest: str) -> None:
         """What a measured component would do: extend one sha256 PCR."""
         self.tpm("tpm2_pcrextend", f"{pcr}:sha256={digest}")
+
+    def measure_boot(self, log: bytes) -> None:
+        """What the firmware of a boot that wrote `log` did: extend the PCRs with each of its events, in order."""
+        self.tpm("tpm2_pcrextend", *[f"{pcr}:sha256={digest}" for pcr, digest in boot_log.extends(log)])
 
     def pcr(self, pcr: int) -> str:
         output = self.tpm("tpm2_pcrread", f"sha256:{pcr}").stdout

@@ -216,9 +216,10 @@ class Lab:
         self.infra  # noqa: B018
         return "127.0.0.1", node_port_target(self.infra_cluster, urlsplit(self.agent_conf["verifier_url"]).port)
 
-    def push_client(self, agent: EmulatedAgent) -> PushClient:
+    def push_client(self, agent: EmulatedAgent, uefi_log: Path | None = None) -> PushClient:
         """The push protocol as the agent's agent.conf sets it up: its verifier URL (the certificate is
-        verified as that URL's host, against the CA file agent.conf names), reached on 127.0.0.1."""
+        verified as that URL's host, against the CA file agent.conf names), reached on 127.0.0.1;
+        `uefi_log` is the UEFI event log it offers."""
         address, port = self.verifier_address
         return PushClient(
             tpm=agent.tpm,
@@ -230,6 +231,7 @@ class Lab:
             port=port,
             ak_handle=int(AK_HANDLE, 16),
             tpm_send=agent.send,
+            uefi_log=uefi_log,
         )
 
     def run_declared(self, resource_name: str, action: str = "create", **overrides: str) -> subprocess.CompletedProcess:
