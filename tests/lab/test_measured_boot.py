@@ -125,3 +125,25 @@ def test_a_reboot_into_another_boot_chain_is_judged_again(lab, kubectl_env, regi
     lab.push_client(registered_agent, uefi_log=boots / "secure-boot-off.bin").attest_times(1)
     result = verify(kubectl_env, verify_command)
     assert result.returncode == 1 and "policy_violation: measured-boot policy example: " in result.stderr
+
+
+def test_after_a_kernel_update_a_reference_state_made_from_the_new_boot_re_enrolls_through_update(
+    lab, kubectl_env, registered_agent, boots
+):
+    new_boot = boots / "another-kernel.bin"
+    registered_agent.measure_boot(new_boot.read_bytes())
+    verify_command = enroll_with_boot_policy(kubectl_env, boots / "refstate.json")
+    lab.push_client(registered_agent, uefi_log=new_boot).attest()
+    assert "policy_violation: measured-boot policy example" in verify(kubectl_env, verify_command).stderr
+    # The operator accepts the new kernel: a reference state made from its boot replaces the agent's policy.
+    made = subprocess.run([str(lab.lab_bin / "keylime-policy"), "create", "measured-boot",
+                           "-e", str(new_boot), "-o", str(boots / "refstate-new.json")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert made.returncode == 0, made.stderr
+    enrollment = command(run_program("swtpm", {}), "enrollment-enroll")
+    result = run_enroll(kubectl_env, enrollment["update"], enrollment["environment"],
+                        TPM_POLICY="{}", MB_POLICY=(boots / "refstate-new.json").read_text())
+    assert result.returncode == 0 and f"re-enrolling {registered_agent.uuid}" in result.stderr, result.stderr
+    lab.push_client(registered_agent, uefi_log=new_boot).attest_times(1)
+    passed = verify(kubectl_env, verify_command)
+    assert passed.returncode == 0, passed.stderr
