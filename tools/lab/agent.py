@@ -117,16 +117,18 @@ class EmulatedAgent:
         name = self.sidecar["name"]
         command = [_with_port(arg, self.ports) if "port=" in arg else self.pod.translate(name, arg)
                    for arg in self.sidecar["command"]]
+        # A TCTI in the sidecar's environment (to measure a boot into the TPM) follows the moved ports.
+        env = {key: _with_port(value, self.ports) if "port=" in value else value for key, value in self._env(name).items()}
         self.log = (self.workdir / "swtpm.log").open("wb")
         self.process = subprocess.Popen(
             self.pod.as_user(name, command),
-            env=self._env(name),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        probe = [re.sub(r":(\d+)$", lambda m: f":{self.ports[int(m.group(1))]}", arg)
+        probe = [self.pod.translate(name, re.sub(r":(\d+)$", lambda m: f":{self.ports[int(m.group(1))]}", arg))
                  for arg in self.sidecar["startupProbe"]["exec"]["command"]]
         deadline = time.monotonic() + 15
         while subprocess.run(probe, capture_output=True, check=False).returncode != 0:

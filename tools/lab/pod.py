@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .declared import Cluster
 
@@ -28,14 +28,22 @@ class Pod:
         cluster: Cluster,
         spec: dict[str, Any],
         secret_value: Callable[[str], str] = lambda value: value,
+        host_paths: Mapping[str, Path] | None = None,
     ):
-        """Materialise the volumes of `spec` under `root`; `secret_value` maps each declared Secret value to its real content."""
+        """Materialise the volumes of `spec` under `root`; `secret_value` maps each declared Secret value to its real
+        content, `host_paths` each hostPath the pod declares to what stands in for it on this machine."""
         self.root = root
         self.spec = spec
         self.volumes: dict[str, Path] = {}
         security = spec.get("securityContext", {})
         self.fs_group: int | None = security.get("fsGroup")
         for volume in spec.get("volumes", []):
+            if "hostPath" in volume:
+                declared = volume["hostPath"]["path"]
+                if declared not in (host_paths or {}):
+                    raise NotImplementedError(f"volume {volume['name']}: nothing stands in for the host's {declared}")
+                self.volumes[volume["name"]] = host_paths[declared]
+                continue
             directory = root / volume["name"]
             directory.mkdir(parents=True)
             if "configMap" in volume:

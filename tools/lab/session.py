@@ -6,6 +6,7 @@ piece starts on first use and `close()` stops what started, in reverse order.
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 import os
 import shlex
@@ -53,6 +54,9 @@ def check_host(lab_bin: Path) -> None:
     tools = [f"{tool} (apt-get install {package})" for tool, package in HOST_TOOLS.items() if not shutil.which(tool)]
     if tools:
         raise LabUnavailable(f"the lab needs {', '.join(tools)}")
+    if ctypes.util.find_library("efivar") is None:
+        # keylime's measured-boot parser (and keylime-policy) decode device paths with it, through ctypes.
+        raise LabUnavailable("the lab needs libefivar.so.1 (apt-get install libefivar1)")
     if os.geteuid() != 0:
         raise LabUnavailable("the lab runs as root: it starts each process in a private mount namespace as the pod's user")
 
@@ -216,10 +220,20 @@ class Lab:
         self.infra  # noqa: B018
         return "127.0.0.1", node_port_target(self.infra_cluster, urlsplit(self.agent_conf["verifier_url"]).port)
 
+    @cached_property
+    def agent_boot_log(self) -> Path | None:
+        """The UEFI event log the agent reads (agent.conf's measuredboot_ml_path), when its pod provides one."""
+        container = self.agent_pod.spec["containers"][0]["name"]
+        try:
+            path = self.agent_pod.path(container, self.agent_conf.get("measuredboot_ml_path", ""))
+        except ValueError:  # on no volume: the host's securityfs (the default), which the pod does not get
+            return None
+        return path if path.exists() else None
+
     def push_client(self, agent: EmulatedAgent, uefi_log: Path | None = None) -> PushClient:
         """The push protocol as the agent's agent.conf sets it up: its verifier URL (the certificate is
-        verified as that URL's host, against the CA file agent.conf names), reached on 127.0.0.1;
-        `uefi_log` is the UEFI event log it offers."""
+        verified as that URL's host, against the CA file agent.conf names), reached on 127.0.0.1, and
+        the UEFI event log it offers (`uefi_log`, or the one its pod provides)."""
         address, port = self.verifier_address
         return PushClient(
             tpm=agent.tpm,
@@ -231,7 +245,7 @@ class Lab:
             port=port,
             ak_handle=int(AK_HANDLE, 16),
             tpm_send=agent.send,
-            uefi_log=uefi_log,
+            uefi_log=uefi_log or self.agent_boot_log,
         )
 
     def run_declared(self, resource_name: str, action: str = "create", **overrides: str) -> subprocess.CompletedProcess:
