@@ -15,7 +15,7 @@ STACK ?= swtpm
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
 
-.PHONY: setup swtpm hwtpm verify enroll clean test render preflight preview policy
+.PHONY: setup swtpm hwtpm verify enroll clean test render preflight preview policy mb-policy
 
 # What the enrollment script needs, read from the stack's outputs (the kubeconfig never reaches the terminal).
 ENROLL_ENV = KUBECONFIG_DATA="$$(pulumi stack output infraKubeconfig --show-secrets --stack $(STACK))" \
@@ -88,10 +88,18 @@ clean:
 test: $(VENV)/.installed $(VALIDATORS_VENV)/.installed $(LAB_VENV)/.installed
 	VALIDATORS_BIN=$(CURDIR)/$(VALIDATORS_VENV)/bin LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m pytest
 
-# Before a long `pulumi up`: the stack's servers, certificates and tpmPolicy, tried for real in seconds.
+# Before a long `pulumi up`: the stack's servers, certificates and policies, tried for real in seconds;
+# EVENT_LOG=<binary_bios_measurements> boots the agent's TPM with that log instead of the synthetic one.
 preflight: $(VENV)/.installed $(LAB_VENV)/.installed
 	LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m tools.preflight --stack $(STACK) \
-	  $(foreach setting,$(SET),--set '$(setting)')
+	  $(foreach setting,$(SET),--set '$(setting)') $(if $(EVENT_LOG),--event-log '$(EVENT_LOG)')
+
+# A measured-boot reference state (keylime's own keylime-policy) for keylime-push:mbPolicy, from EVENT_LOG
+# (a known-good machine's binary_bios_measurements) or, without it, from the swtpm stack's synthetic boot.
+mb-policy: $(VENV)/.installed $(LAB_VENV)/.installed
+	@log="$(EVENT_LOG)"; \
+	if [[ -z "$${log}" ]]; then log="$$(mktemp)"; trap 'rm -f "$${log}"' EXIT; $(VENV)/bin/python -m tools.boot_log --out "$${log}"; fi; \
+	$(LAB_VENV)/bin/keylime-policy create measured-boot -e "$${log}" -o - $(MB_POLICY_FLAGS)
 
 render: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.render --stack $(STACK)

@@ -8,6 +8,7 @@ path under that directory, so the processes run on exactly the files the pod wou
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from pathlib import Path
@@ -48,7 +49,9 @@ class Pod:
             directory.mkdir(parents=True)
             if "configMap" in volume:
                 source = volume["configMap"]
-                data = cluster.get("ConfigMap", source["name"]).get("data", {})
+                declared = cluster.get("ConfigMap", source["name"])
+                data = {**declared.get("data", {}),
+                        **{key: base64.b64decode(value) for key, value in declared.get("binaryData", {}).items()}}
                 self._fill(directory, data, source.get("items"), source.get("defaultMode", CONFIG_MAP_DEFAULT_MODE))
             elif "secret" in volume:
                 source = volume["secret"]
@@ -62,11 +65,12 @@ class Pod:
             self._own(directory)
             self.volumes[volume["name"]] = directory
 
-    def _fill(self, directory: Path, data: dict[str, str], items: list[dict] | None, mode: int) -> None:
+    def _fill(self, directory: Path, data: dict[str, str | bytes], items: list[dict] | None, mode: int) -> None:
         for item in items if items is not None else [{"key": key, "path": key} for key in data]:
             target = directory / item["path"]
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(data[item["key"]])
+            value = data[item["key"]]
+            target.write_bytes(value) if isinstance(value, bytes) else target.write_text(value)
             target.chmod(item.get("mode", mode))
             self._own(target)
 
