@@ -125,24 +125,30 @@ class Lab:
     def __init__(self, stack: str, lab_bin: Path, overrides: Mapping[str, object] | None = None):
         check_host(lab_bin)
         self.stack, self.lab_bin, self.overrides = stack, lab_bin, dict(overrides or {})
+        self.agent_dir = "agent"
         self._stops: list = []
         # Traversable by the pods' non-root users (pytest's own tmp_path is private to root).
         self.root = Path(tempfile.mkdtemp(prefix="keylime-lab-"))
         self.root.chmod(0o755)
         self._stops.append(lambda: shutil.rmtree(self.root, ignore_errors=True))
 
-    def with_overrides(self, overrides: Mapping[str, object]) -> Lab:
-        """The same running lab (servers, PKI, agent) seen through the program evaluated with other config,
-        for config that changes only enrollment (such as tpmPolicy): refused if the servers would differ."""
+    def with_overrides(self, overrides: Mapping[str, object], new_agent_pod: bool = False) -> Lab:
+        """The same running lab (servers, PKI) seen through the program evaluated with other config, for config
+        that changes only enrollment (such as tpmPolicy), or with `new_agent_pod` also the agent's pod (such
+        as mbPolicy: its agents then come from the new pod); refused if the servers would differ."""
         other = object.__new__(Lab)
         other.__dict__.update(self.__dict__)
         other.overrides = {**self.overrides, **overrides}
-        other.__dict__.pop("program", None)
-        other.__dict__.pop("infra_cluster", None)
-        other.__dict__.pop("agent_cluster", None)
-        if other.infra_cluster.objects != self.infra_cluster.objects or other.agent_cluster.objects != self.agent_cluster.objects:
+        for derived in ("program", "infra_cluster", "agent_cluster"):
+            other.__dict__.pop(derived, None)
+        changed = other.agent_cluster.objects != self.agent_cluster.objects
+        if other.infra_cluster.objects != self.infra_cluster.objects or (changed and not new_agent_pod):
             raise ValueError(f"{dict(overrides)} changes what the servers or the agent run; start a new Lab for it")
-        other._stops = []  # what runs belongs to the lab it came from
+        if changed:
+            for derived in ("agent_pod", "agent_conf", "agent_ca", "agent_boot_log", "agent"):
+                other.__dict__.pop(derived, None)
+            other.agent_dir = Path(tempfile.mkdtemp(prefix="agent-", dir=self.root)).name
+        other._stops = self._stops  # what runs (the new pod's TPMs too) stops when the lab it came from closes
         return other
 
     def close(self) -> None:
@@ -176,7 +182,7 @@ class Lab:
     @cached_property
     def agent_pod(self) -> Pod:
         """The first agent cluster's agent pod, its volumes materialised (the CA it trusts is the real one)."""
-        return Pod(self.root / "agent" / "pod", self.agent_cluster,
+        return Pod(self.root / self.agent_dir / "pod", self.agent_cluster,
                    self.agent_cluster.pod_spec("DaemonSet", "keylime-agent"), self.pki.real)
 
     @cached_property
@@ -193,11 +199,12 @@ class Lab:
     def new_agent(self, name: str, own_pod: bool = False) -> EmulatedAgent:
         """A fresh agent pod's TPM, initialised and served as declared, with an EK and an AK in it.
         `own_pod`: in a pod of its own (its own TPM state and EK-signing CA), as on another node."""
+        workdir = self.root / self.agent_dir / "agents" / name
         pod = self.agent_pod
         if own_pod:
-            pod = Pod(self.root / "agents" / name / "pod", self.agent_cluster,
+            pod = Pod(workdir / "pod", self.agent_cluster,
                       self.agent_cluster.pod_spec("DaemonSet", "keylime-agent"), self.pki.real)
-        emulated = EmulatedAgent(pod, self.root / "agents" / name)
+        emulated = EmulatedAgent(pod, workdir)
         self._stops.append(emulated.stop)
         emulated.start()
         emulated.create_identity()
