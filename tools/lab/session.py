@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from components import boot_log
 from tools.offline import ProgramRun, run_program
 
 from .agent import AK_HANDLE, EmulatedAgent
@@ -59,6 +60,10 @@ def check_host(lab_bin: Path) -> None:
         raise LabUnavailable("the lab needs libefivar.so.1 (apt-get install libefivar1)")
     if os.geteuid() != 0:
         raise LabUnavailable("the lab runs as root: it starts each process in a private mount namespace as the pod's user")
+
+
+class NoMeasuredBoot(ValueError):
+    """An event log was given for an agent whose pod does not attest its boot."""
 
 
 class LabPki:
@@ -122,9 +127,12 @@ def node_port_target(cluster_: Cluster, node_port: int) -> int:
 
 
 class Lab:
-    def __init__(self, stack: str, lab_bin: Path, overrides: Mapping[str, object] | None = None):
+    def __init__(self, stack: str, lab_bin: Path, overrides: Mapping[str, object] | None = None,
+                 boot_log: bytes | None = None):
+        """`boot_log`: the event log the agent's TPM boots with, in place of the one its pod declares."""
         check_host(lab_bin)
         self.stack, self.lab_bin, self.overrides = stack, lab_bin, dict(overrides or {})
+        self.boot_log = boot_log
         self.agent_dir = "agent"
         self._stops: list = []
         # Traversable by the pods' non-root users (pytest's own tmp_path is private to root).
@@ -199,6 +207,8 @@ class Lab:
     def new_agent(self, name: str, own_pod: bool = False) -> EmulatedAgent:
         """A fresh agent pod's TPM, initialised and served as declared, with an EK and an AK in it.
         `own_pod`: in a pod of its own (its own TPM state and EK-signing CA), as on another node."""
+        if self.boot_log is not None:
+            self._install_boot_log(self.boot_log)
         workdir = self.root / self.agent_dir / "agents" / name
         pod = self.agent_pod
         if own_pod:
@@ -226,6 +236,16 @@ class Lab:
         """Where the agent's configured verifier URL leads in the lab: 127.0.0.1 and its NodePort's target."""
         self.infra  # noqa: B018
         return "127.0.0.1", node_port_target(self.infra_cluster, urlsplit(self.agent_conf["verifier_url"]).port)
+
+    def _install_boot_log(self, log: bytes) -> None:
+        """Put `log` where the pod's agent reads its event log and its TPM sidecar the PCR extends of the boot."""
+        sidecar = next(c for c in self.agent_pod.spec.get("initContainers", []) if c.get("restartPolicy") == "Always")
+        extends = self.agent_pod.declared_env(sidecar["name"]).get("BOOT_LOG_EXTENDS")
+        if self.agent_boot_log is None or extends is None:
+            raise NoMeasuredBoot("the agent's pod measures no boot: an event log needs keylime-push:mbPolicy")
+        self.agent_boot_log.write_bytes(log)
+        lines = [f"{pcr}:sha256={digest}" for pcr, digest in boot_log.extends(log)]
+        self.agent_pod.path(sidecar["name"], extends).write_text("\n".join(lines) + "\n")
 
     @cached_property
     def agent_boot_log(self) -> Path | None:
