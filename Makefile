@@ -20,7 +20,8 @@ export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
 # What the enrollment script needs, read from the stack's outputs (the kubeconfig never reaches the terminal).
 ENROLL_ENV = KUBECONFIG_DATA="$$(pulumi stack output infraKubeconfig --show-secrets --stack $(STACK))" \
 	EXPECTED_AGENTS="$$(pulumi stack output agentCount --stack $(STACK))" \
-	TPM_POLICY="$$(pulumi stack output tpmPolicy --stack $(STACK))"
+	TPM_POLICY="$$(pulumi stack output tpmPolicy --stack $(STACK))" \
+	MB_POLICY="$$(pulumi stack output mbPolicy --stack $(STACK))"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -89,10 +90,12 @@ test: $(VENV)/.installed $(VALIDATORS_VENV)/.installed $(LAB_VENV)/.installed
 	VALIDATORS_BIN=$(CURDIR)/$(VALIDATORS_VENV)/bin LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m pytest
 
 # Before a long `pulumi up`: the stack's servers, certificates and policies, tried for real in seconds;
-# EVENT_LOG=<binary_bios_measurements> boots the agent's TPM with that log instead of the synthetic one.
+# MB_POLICY_FILE=<reference state> tries it as mbPolicy, EVENT_LOG=<binary_bios_measurements> boots the
+# agent's TPM with that log instead of the synthetic one.
 preflight: $(VENV)/.installed $(LAB_VENV)/.installed
 	LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m tools.preflight --stack $(STACK) \
-	  $(foreach setting,$(SET),--set '$(setting)') $(if $(EVENT_LOG),--event-log '$(EVENT_LOG)')
+	  $(foreach setting,$(SET),--set '$(setting)') $(if $(MB_POLICY_FILE),--mb-policy '$(MB_POLICY_FILE)') \
+	  $(if $(EVENT_LOG),--event-log '$(EVENT_LOG)')
 
 # A measured-boot reference state (keylime's own keylime-policy) for keylime-push:mbPolicy, from EVENT_LOG
 # (a known-good machine's binary_bios_measurements) or, without it, from the swtpm stack's synthetic boot.

@@ -20,6 +20,11 @@ CONF_DIR = "/etc/keylime-push"
 TLS_DIR = f"{CONF_DIR}/tls"
 DATA_DIR = "/var/lib/keylime/data"
 AGENT_KEYLIME_DIR = "/var/lib/keylime"
+# The UEFI event log an agent with an mbPolicy sends: swtpm's synthetic one comes in its ConfigMap (CONF_DIR),
+# the VM's is copied out of securityfs into BOOT_LOG_DIR.
+BOOT_LOG_NAME = "binary_bios_measurements"
+BOOT_LOG_DIR = "/var/lib/keylime-boot"
+BOOT_LOG = f"{BOOT_LOG_DIR}/{BOOT_LOG_NAME}"
 
 # File names inside TLS_DIR; each pod mounts only the Secret with its own keys.
 CA_CERT = "cacert.crt"
@@ -248,4 +253,6 @@ def agent_conf(settings: Settings) -> str:
         "tls_accept_invalid_certs": False,
         "tls_accept_invalid_hostnames": False,
     }
+    if settings.mb_policy:
+        options["measuredboot_ml_path"] = f"{CONF_DIR}/{BOOT_LOG_NAME}" if settings.tpm_mode == "swtpm" else BOOT_LOG
     return render_toml({"agent": options})

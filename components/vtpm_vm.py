@@ -24,6 +24,12 @@ SCRIPTS = Path(__file__).with_name("scripts")
 LOAD_SCRIPT = "components/scripts/vm-load-images.sh"
 DEVICE_PLUGIN_IMAGE = "ghcr.io/squat/generic-device-plugin:0.1.0"
 DEVICE_PLUGIN_LABELS = {"app.kubernetes.io/name": "generic-device-plugin"}
+# UEFI firmware with Secure Boot and Microsoft's keys enrolled (Debian/Ubuntu's ovmf package), so the VM's
+# firmware, shim, grub and kernel measure a real boot into the vTPM and the kernel has its event log.
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+OVMF_VARS_TEMPLATE = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
+NVRAM = f"/var/lib/libvirt/qemu/nvram/{VM_NAME}_VARS.fd"
+SECURE_BOOT_XSLT = SCRIPTS / "secure-boot.xsl"
 PRIVILEGED = (
     "the device plugin registers with the kubelet and hands /dev/tpmrm0 to pods; it is the only privileged "
     "pod, so that the agent needs no privilege, capability or tss group"
@@ -96,6 +102,10 @@ class VtpmVm(pulumi.ComponentResource):
             vcpu=args.cpus,
             memory=args.memory_mib,
             cpu=libvirt.DomainCpuArgs(mode="host-passthrough"),
+            firmware=OVMF_CODE,
+            nvram=libvirt.DomainNvramArgs(file=NVRAM, template=OVMF_VARS_TEMPLATE),
+            # The provider writes the loader with secure="no" and cannot declare SMM, which Secure Boot needs.
+            xml=libvirt.DomainXmlArgs(xslt=SECURE_BOOT_XSLT.read_text()),
             disks=[libvirt.DomainDiskArgs(volume_id=root.id)],
             cloudinit=seed.id,
             network_interfaces=[libvirt.DomainNetworkInterfaceArgs(network_id=network.id, addresses=[address])],

@@ -189,7 +189,8 @@ def test_the_drift_check_names_a_changed_description_and_rewrites_it(tmp_path, m
 
 def test_the_offline_stack_config_takes_the_declared_defaults_then_the_stack_file():
     config = stack_config("hwtpm", {"vmCpus": 4})
-    assert config["keylime-push:tpmPolicy"] == json.dumps({"8": ZERO_DIGEST})
+    assert config["keylime-push:mbPolicy"] == ""  # a declared default
+    assert config["keylime-push:tpmPolicy"] == json.dumps({"23": ZERO_DIGEST})  # the stack file's (UEFI uses PCR 8)
     assert config["keylime-push:keylimeGit"] == ""
     assert (config["keylime-push:agentClusters"], config["keylime-push:requireEkCert"]) == ("1", "true")
     assert config["keylime-push:vmCpus"] == "4"

@@ -1,7 +1,7 @@
 """Preflight: the chosen stack's servers, certificates and TPM policy, tried for real in under a minute.
 
-    make preflight [STACK=swtpm] [SET='tpmPolicy={"8":"<64 hex>"}'] [EVENT_LOG=boot.bin]
-    venv/bin/python -m tools.preflight --stack swtpm [--set KEY=VALUE ...] [--event-log boot.bin]
+    make preflight [STACK=swtpm] [SET='tpmPolicy={"8":"<64 hex>"}'] [MB_POLICY_FILE=refstate.json] [EVENT_LOG=boot.bin]
+    venv/bin/python -m tools.preflight --stack swtpm [--set KEY=VALUE ...] [--mb-policy FILE] [--event-log FILE]
 
 Renders the stack, issues its certificates from the program's own pulumi-tls inputs, starts the pinned
 keylime registrar and push-mode verifier on this machine with the rendered configuration, and runs one
@@ -78,21 +78,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", default="swtpm", choices=["swtpm"],
                         help="the stack to check (hwtpm's agent runs on a vTPM the preflight cannot emulate)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--mb-policy", type=Path, metavar="FILE",
+                        help="a measured-boot reference state to try as keylime-push:mbPolicy (make mb-policy writes one)")
     parser.add_argument("--event-log", type=Path, metavar="FILE",
                         help="a UEFI event log (binary_bios_measurements) to boot the agent's TPM with; needs an mbPolicy")
     parser.add_argument("--lab-bin", type=Path, default=Path(os.environ.get("LAB_BIN", ROOT / "venv-lab" / "bin")))
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
+        overrides = parse_overrides(args.overrides)
+        if args.mb_policy:
+            overrides["mbPolicy"] = args.mb_policy.read_text()
         log = args.event_log.read_bytes() if args.event_log else None
         if log is not None:
             boot_log.extends(log)
-        lab = Lab(args.stack, args.lab_bin, parse_overrides(args.overrides), boot_log=log)
+        lab = Lab(args.stack, args.lab_bin, overrides, boot_log=log)
     except LabUnavailable as missing:
         print(f"preflight cannot run here: {missing}", file=sys.stderr)
         return 2
     except (OSError, boot_log.BootLogError) as error:
-        print(f"preflight: --event-log {args.event_log}: {error}", file=sys.stderr)
+        print(f"preflight: {error}", file=sys.stderr)
         return 2
     try:
         preflight(lab)

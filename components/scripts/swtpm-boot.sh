@@ -4,7 +4,7 @@
 # the synthetic boot log the agent sends, as a machine's firmware extends its TPM while it boots: a
 # restarted sidecar is a TPM reset and is measured again. The startup probe waits for BOOTED_MARKER.
 #   BOOT_LOG_EXTENDS   the log's events, one `pcr:sha256=digest` a line, in log order
-#   BOOTED_MARKER      created once the PCRs hold the boot (removed first: the pod's /tmp outlives restarts)
+#   BOOTED_MARKER      exists while the running TPM holds the boot (the pod's /tmp outlives a restart)
 #   TPM2TOOLS_TCTI     how tpm2_pcrextend reaches the TPM the arguments serve
 set -euo pipefail
 
@@ -14,7 +14,8 @@ rm -f "${booted}"
 
 "$@" &
 swtpm_pid=$!
-trap 'kill -TERM "${swtpm_pid}" 2>/dev/null || true; wait "${swtpm_pid}"' TERM INT
+trap 'rm -f "${booted}"' EXIT
+trap 'kill -TERM "${swtpm_pid}" 2>/dev/null || true' TERM INT
 
 for _ in $(seq 100); do
     if tpm2_pcrread sha256:0 >/dev/null 2>&1; then
@@ -27,4 +28,5 @@ mapfile -t events < "${extends}"
 tpm2_pcrextend "${events[@]}"
 touch "${booted}"
 echo "PCRs extended with the ${#events[@]} events of the boot log"
-wait "${swtpm_pid}"
+# A trapped signal ends the first wait early; the second lets swtpm save its state before the script exits.
+wait "${swtpm_pid}" || wait "${swtpm_pid}"

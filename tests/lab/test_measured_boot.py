@@ -16,7 +16,9 @@ import pytest
 from components import boot_log
 from tools.offline import run_program
 
-from .steps import command, run_enroll
+from tools import preflight
+
+from .steps import command, run_enroll, verifier_view
 
 pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("fresh")]
 
@@ -147,3 +149,48 @@ def test_after_a_kernel_update_a_reference_state_made_from_the_new_boot_re_enrol
     lab.push_client(registered_agent, uefi_log=new_boot).attest_times(1)
     passed = verify(kubectl_env, verify_command)
     assert passed.returncode == 0, passed.stderr
+
+
+@pytest.fixture
+def measured_stack(lab, registered_agent, synthetic_refstate):
+    """Views of the swtpm stack with an mbPolicy (each with its own agent pod, as declared), and `make preflight`
+    on them. enroll.py enrolls every registered agent, so the session's agent steps out of the registrar meanwhile."""
+    views = []
+
+    def view(event_log: bytes | None = None):
+        measured = lab.with_overrides({"mbPolicy": synthetic_refstate, "tpmPolicy": "{}"}, new_agent_pod=True)
+        measured.boot_log = event_log
+        views.append(measured)
+        return measured
+
+    assert lab.infra.tenant("-c", "regdelete", "-u", registered_agent.uuid).returncode == 0
+    yield view
+    for agent in [measured.__dict__["agent"] for measured in views if "agent" in measured.__dict__]:
+        if verifier_view(lab.infra, agent.uuid) is not None:
+            lab.infra.tenant("-c", "delete", "-u", agent.uuid, "--push-model")
+        if agent.registered:
+            lab.infra.tenant("-c", "regdelete", "-u", agent.uuid)
+    registered_agent.register(lab.registrar_url)
+
+
+def test_the_swtpm_stack_with_an_mb_policy_attests_the_synthetic_boot_its_pod_declares(measured_stack):
+    measured = measured_stack()
+    agent = measured.agent
+    log = boot_log.encode(boot_log.synthetic_boot())
+    # The declared sidecar (swtpm-boot.sh) measured the boot; the agent reads the log its ConfigMap carries.
+    assert {pcr: agent.pcr(pcr) for pcr in range(10)} == boot_log.replay(log)
+    assert measured.agent_boot_log.read_bytes() == log
+    agent.reboot()  # a restarted sidecar is a new boot, measured again, not on top of the last one
+    assert agent.pcr(7) == boot_log.replay(log)[7]
+    summary = preflight.preflight(measured)
+    assert summary["attestation_status"] == "PASS" and summary["attestation_count"] >= 2
+
+
+def test_preflight_with_another_machines_event_log_fails_against_the_synthetic_reference_state(measured_stack, capsys):
+    # `make preflight EVENT_LOG=...`: the agent's TPM boots that log instead of its pod's.
+    measured = measured_stack(boot_log.encode(boot_log.synthetic_boot(secure_boot=False)))
+    with pytest.raises(preflight.Failed) as failed:
+        preflight.preflight(measured)
+    assert "policy_violation: measured-boot policy example: " in str(failed.value)
+    assert "Enabled is not 'Yes'" in str(failed.value)
+    assert "PCRs extended with the 27 events of your event log" in capsys.readouterr().out

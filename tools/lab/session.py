@@ -155,7 +155,9 @@ class Lab:
         if changed:
             for derived in ("agent_pod", "agent_conf", "agent_ca", "agent_boot_log", "agent"):
                 other.__dict__.pop(derived, None)
-            other.agent_dir = Path(tempfile.mkdtemp(prefix="agent-", dir=self.root)).name
+            agent_dir = Path(tempfile.mkdtemp(prefix="agent-", dir=self.root))
+            agent_dir.chmod(0o755)  # the pod's users traverse it
+            other.agent_dir = agent_dir.name
         other._stops = self._stops  # what runs (the new pod's TPMs too) stops when the lab it came from closes
         return other
 
