@@ -15,7 +15,7 @@ STACK ?= swtpm
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
 
-.PHONY: setup swtpm hwtpm verify enroll clean test render preflight preview policy mb-policy
+.PHONY: setup swtpm hwtpm verify enroll clean test render preflight preview policy mb-policy vm-boot-log
 
 # What the enrollment script needs, read from the stack's outputs (the kubeconfig never reaches the terminal).
 ENROLL_ENV = KUBECONFIG_DATA="$$(pulumi stack output infraKubeconfig --show-secrets --stack $(STACK))" \
@@ -96,6 +96,10 @@ preflight: $(VENV)/.installed $(LAB_VENV)/.installed
 	LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m tools.preflight --stack $(STACK) \
 	  $(foreach setting,$(SET),--set '$(setting)') $(if $(MB_POLICY_FILE),--mb-policy '$(MB_POLICY_FILE)') \
 	  $(if $(EVENT_LOG),--event-log '$(EVENT_LOG)')
+
+# The hwtpm VM's UEFI event log, as read after it booted: make vm-boot-log > vm-boot.bin
+vm-boot-log:
+	@pulumi stack output vmBootLog --stack hwtpm | base64 --decode
 
 # A measured-boot reference state (keylime's own keylime-policy) for keylime-push:mbPolicy, from EVENT_LOG
 # (a known-good machine's binary_bios_measurements) or, without it, from the swtpm stack's synthetic boot.

@@ -124,6 +124,9 @@ pulumi.export("caCertificate", pki.ca_cert_pem)
 pulumi.export("agentCount", agent_count(settings))
 pulumi.export("tpmPolicy", settings.tpm_policy_json)
 pulumi.export("mbPolicy", settings.mb_policy)
+for host in agent_hosts:
+    if isinstance(host, VtpmVm):
+        pulumi.export("vmBootLog", host.boot_log)
 pulumi.export("enrolledAgents", enrollment.enrolled)
 pulumi.export("attestation", enrollment.attestation)
 pulumi.export("infraKubeconfig", infra.kind.kubeconfig)

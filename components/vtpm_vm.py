@@ -13,7 +13,13 @@ import pulumi_libvirt as libvirt
 import pulumi_tls as tls
 
 from components import cloud_init
-from components.agent_workload import TOLERATE_UNTRUSTED, TPM_DEVICE, AgentPodArgs, declare_agent_workload
+from components.agent_workload import (
+    SECURITYFS_BOOT_LOG,
+    TOLERATE_UNTRUSTED,
+    TPM_DEVICE,
+    AgentPodArgs,
+    declare_agent_workload,
+)
 from components.providers import cluster_provider
 from components.pod_security import checkov_waivers, resources
 
@@ -56,6 +62,8 @@ class VtpmVm(pulumi.ComponentResource):
     domain: libvirt.Domain
     provider: k8s.Provider
     daemon_set: k8s.apps.v1.DaemonSet
+    boot_log: pulumi.Output[str]
+    """The VM's UEFI event log (base64) as it booted: what a measured-boot reference state is made from."""
 
     def __init__(self, name: str, args: VtpmVmArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:vm:VtpmVm", name, None, opts)
@@ -141,6 +149,15 @@ class VtpmVm(pulumi.ComponentResource):
             logging=command.remote.Logging.NONE,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[ready], additional_secret_outputs=["stdout"]),
         )
+        # Read once per VM (the log does not change until it reboots), so that `make vm-boot-log` can make a
+        # reference state from it without anyone logging in.
+        self.boot_log = command.remote.Command(
+            f"{name}-boot-log",
+            connection=connection,
+            create=f"sudo base64 --wrap=0 {SECURITYFS_BOOT_LOG}",
+            triggers=[self.domain.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[ready]),
+        ).stdout
         agent_image = args.agent.image.ref
         images_loaded = command.local.Command(
             f"{name}-images",

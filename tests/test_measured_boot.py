@@ -14,6 +14,7 @@ from helpers import MEASURED, REFSTATE, ROOT, all_containers, env_of, kube_objec
 
 from components import boot_log, keylime_conf
 from components.settings import NAMESPACE, SettingsError
+from tools.offline import run_program
 
 ZEROS = "0" * 64
 
@@ -192,3 +193,11 @@ def test_the_xslt_makes_the_providers_loader_secure_and_adds_smm():
     out = result.stdout
     assert 'secure="yes"' in out and 'secure="no"' not in out
     assert '<smm state="on"/>' in out and "<pae/>" in out and '<tpm model="tpm-crb"/>' in out
+
+
+def test_the_vms_event_log_is_read_once_it_booted_and_exported_for_make_vm_boot_log(hwtpm):
+    reader = hwtpm.named("vm-boot-log")
+    assert reader.plain["create"] == "sudo base64 --wrap=0 /sys/kernel/security/tpm0/binary_bios_measurements"
+    assert reader.plain["triggers"] == ["vm-domain-id"]  # a new VM, a new boot, a new log
+    assert "vm-ready" in {dependency.rsplit("::", 1)[-1] for dependency in reader.dependencies}
+    assert "vmBootLog" in hwtpm.outputs and "vmBootLog" not in run_program("swtpm").outputs
