@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from components.settings import Settings, parse_settings
+import pytest
+
+from components.settings import Settings, SettingsError, parse_settings
 from tools.offline import ProgramRun, stack_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +35,13 @@ def settings_for(stack: str = "swtpm", **overrides: object) -> Settings:
     """The Settings a stack file (plus overrides) yields, read the way the program reads them."""
     namespaced = stack_config(stack, overrides)
     return parse_settings({key.split(":", 1)[1]: value for key, value in namespaced.items() if key.startswith("keylime-push:")})
+
+
+def problems_for(stack: str = "swtpm", **overrides: object) -> list[str]:
+    """The configuration problems a stack file (plus overrides) is refused with."""
+    with pytest.raises(SettingsError) as raised:
+        settings_for(stack, **overrides)
+    return raised.value.problems
 
 
 def pod_spec(resource) -> dict:

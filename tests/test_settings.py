@@ -6,19 +6,13 @@ import json
 
 import pytest
 import yaml
-from helpers import ROOT, settings_for
+from helpers import ROOT, problems_for, settings_for
 
 from components.settings import DEFAULTS, KEYS, NAMESPACE, ZERO_DIGEST, SettingsError, parse_settings
 from tools import config_docs
 from tools.offline import run_program, stack_config
 
 UPPER_DIGEST = "AB" * 32
-
-
-def problems_for(stack: str = "swtpm", **overrides: object) -> list[str]:
-    with pytest.raises(SettingsError) as raised:
-        settings_for(stack, **overrides)
-    return raised.value.problems
 
 
 def test_swtpm_stack_defaults_match_the_original_poc():

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from components import boot_log
-from tools.offline import run_program
-
 from tools import preflight
+from tools.offline import run_program
 
 from .steps import command, run_enroll, verifier_view
 
