@@ -180,7 +180,7 @@ def add(renew_boot_policy: bool = False) -> dict[str, object]:
         if agent in todo.enroll or agent in todo.re_enroll or boot_differs:
             enroll(agent, tpm_policy, mb_policy, replace=agent in records)
         else:
-            log(f"{agent} is already enrolled with these policies")
+            log(f"{agent} is already enrolled with this TPM policy{' and a measured-boot policy' if mb_policy else ''}")
     return {"enrolled": agents}
 
 
