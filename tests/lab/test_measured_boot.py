@@ -54,7 +54,8 @@ def enroll_with_boot_policy(kubectl_env, refstate: Path) -> dict:
     result = run_enroll(kubectl_env, enrollment["create"], enrollment["environment"], **policies)
     assert result.returncode == 0, result.stderr
     assert "and a measured-boot policy" in result.stderr
-    return verify
+    # verify checks each agent is enrolled with the policies it is given
+    return {**verify, "environment": {**verify["environment"], **policies}}
 
 
 def verify(kubectl_env, verify_command: dict) -> subprocess.CompletedProcess:
