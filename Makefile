@@ -18,12 +18,13 @@ export PATH := $(BIN):$(PATH)
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
 
-.PHONY: setup swtpm hwtpm verify enroll renew clean test render preflight preview policy system-packages
+.PHONY: setup swtpm hwtpm verify enroll renew clean test render preflight preview policy system-packages mb-policy vm-boot-log
 
 # What the enrollment script needs, read from the stack's outputs (the kubeconfig never reaches the terminal).
 ENROLL_ENV = KUBECONFIG_DATA="$$(pulumi stack output infraKubeconfig --show-secrets --stack $(STACK))" \
 	EXPECTED_AGENTS="$$(pulumi stack output agentCount --stack $(STACK))" \
-	TPM_POLICY="$$(pulumi stack output tpmPolicy --stack $(STACK))"
+	TPM_POLICY="$$(pulumi stack output tpmPolicy --stack $(STACK))" \
+	MB_POLICY="$$(pulumi stack output mbPolicy --stack $(STACK))"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -102,10 +103,24 @@ test: system-packages $(VENV)/.installed $(VALIDATORS_VENV)/.installed $(LAB_VEN
 	$(VENV)/bin/ruff check .
 	VALIDATORS_BIN=$(CURDIR)/$(VALIDATORS_VENV)/bin LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m pytest
 
-# Before a long `pulumi up`: the stack's servers, certificates and tpmPolicy, tried for real in seconds.
+# Before a long `pulumi up`: the stack's servers, certificates and policies, tried for real in seconds;
+# MB_POLICY_FILE=<reference state> tries it as mbPolicy, EVENT_LOG=<binary_bios_measurements> boots the
+# agent's TPM with that log instead of the synthetic one.
 preflight: system-packages $(VENV)/.installed $(LAB_VENV)/.installed
 	LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m tools.preflight --stack $(STACK) \
-	  $(foreach setting,$(SET),--set '$(setting)')
+	  $(foreach setting,$(SET),--set '$(setting)') $(if $(MB_POLICY_FILE),--mb-policy '$(MB_POLICY_FILE)') \
+	  $(if $(EVENT_LOG),--event-log '$(EVENT_LOG)')
+
+# The hwtpm VM's UEFI event log, as read after it booted: make vm-boot-log > vm-boot.bin
+vm-boot-log:
+	@pulumi stack output vmBootLog --stack hwtpm | base64 --decode
+
+# A measured-boot reference state (keylime's own keylime-policy) for keylime-push:mbPolicy, from EVENT_LOG
+# (a known-good machine's binary_bios_measurements) or, without it, from the swtpm stack's synthetic boot.
+mb-policy: $(VENV)/.installed $(LAB_VENV)/.installed
+	@log="$(EVENT_LOG)"; \
+	if [[ -z "$${log}" ]]; then log="$$(mktemp)"; trap 'rm -f "$${log}"' EXIT; $(VENV)/bin/python -m tools.boot_log --out "$${log}"; fi; \
+	$(LAB_VENV)/bin/keylime-policy create measured-boot -e "$${log}" -o - $(MB_POLICY_FLAGS)
 
 # Replace every certificate inside its early-renewal window (pulumi-tls does not always do it by itself,
 # pulumi/pulumi-tls#39); the pods that read them roll with them.

@@ -58,6 +58,7 @@ agent = AgentPodArgs(
     uid=settings.agent_uid,
     gid=settings.agent_gid,
     ca_cert_pem=pki.ca_cert_pem,
+    measured_boot=bool(settings.mb_policy),
 )
 agent_hosts: list[AgentHost] = (
     [
@@ -117,6 +118,7 @@ enrollment = Enrollment(
     "enrollment",
     EnrollmentArgs(
         tpm_policy_json=settings.tpm_policy_json,
+        mb_policy_json=settings.mb_policy,
         expected_agents=agent_count(settings),
         infra_kubeconfig=infra.kind.kubeconfig,
         cluster_ids=[infra.kind.cluster.id, *(host.identity for host in agent_hosts)],
@@ -133,6 +135,10 @@ pulumi.export("verifierEndpoint", dial(settings, "agent", "verifier").url)
 pulumi.export("caCertificate", pki.ca_cert_pem)
 pulumi.export("agentCount", agent_count(settings))
 pulumi.export("tpmPolicy", settings.tpm_policy_json)
+pulumi.export("mbPolicy", settings.mb_policy)
+for host in agent_hosts:
+    if isinstance(host, VtpmVm):
+        pulumi.export("vmBootLog", host.boot_log)
 pulumi.export("enrolledAgents", enrollment.enrolled)
 pulumi.export("attestation", enrollment.attestation)
 pulumi.export("infraKubeconfig", infra.kind.kubeconfig)

@@ -6,6 +6,7 @@ each is an `AgentHost`.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -13,7 +14,7 @@ from typing import Any, Literal, Protocol
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import keylime_conf
+from components import boot_log, keylime_conf
 from components.endpoints import KEYLIME_NAMESPACE
 from components.images import BuiltImage
 from components.pod_security import (
@@ -49,6 +50,19 @@ TCTI: dict[TpmAccess, str] = {"swtpm": f"swtpm:host=localhost,port={SWTPM_PORT}"
 TPM_RESOURCE = "squat.ai/tpm"
 SCRIPTS_DIR = "/opt/keylime-push"
 SWTPM_INIT_SCRIPT = Path(__file__).with_name("scripts") / "swtpm-init.sh"
+SWTPM_BOOT_SCRIPT = Path(__file__).with_name("scripts") / "swtpm-boot.sh"
+# swtpm with an mbPolicy: the synthetic boot's events, which swtpm-boot.sh extends, and its marker.
+BOOT_LOG_EXTENDS = "boot-log.extends"
+BOOTED_MARKER = "/tmp/measured-boot"
+# hwtpm with an mbPolicy: where the boot-log init step finds the kernel's event log.
+SECURITYFS_BOOT_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
+BOOT_LOG_SOURCE = "/run/boot-log-source/binary_bios_measurements"
+BOOT_LOG_READER = (
+    "The boot-log init container is the one step with more than the agent's identity: securityfs keeps the UEFI "
+    "event log at mode 0440, root:root, so it runs as agentUid with group 0, every capability dropped, reads that "
+    "one file (hostPath, read-only) and copies it into an emptyDir the non-root agent reads. The agent cannot drop "
+    "privileges instead: keylime_push_model_agent 0.2.9 re-reads the log by path after dropping them."
+)
 AGENT_CONFIG = "keylime-agent-config"
 CA_SECRET = "keylime-ca"
 LABELS = {"app.kubernetes.io/name": "keylime-agent"}
@@ -79,6 +93,8 @@ class AgentPodArgs:
     gid: int
     ca_cert_pem: pulumi.Input[str]
     """The CA the agent trusts the registrar and the verifier by."""
+    measured_boot: bool = False
+    """The agent attests its boot (there is an mbPolicy), so it gets a UEFI event log to send."""
 
 
 def agent_env(tpm: TpmAccess) -> list[dict[str, Any]]:
@@ -117,8 +133,31 @@ def metadata(name: str, annotations: dict[str, str] | None = None) -> dict[str, 
     }
 
 
-def _swtpm_containers(image: str, security: dict[str, Any]) -> list[dict[str, Any]]:
+def _swtpm_containers(image: str, security: dict[str, Any], measured_boot: bool) -> list[dict[str, Any]]:
     swtpm_probe = {"exec": {"command": ["swtpm_ioctl", "--tcp", f"127.0.0.1:{SWTPM_CTRL_PORT}", "-c"]}}
+    swtpm = [
+        "swtpm", "socket", "--tpm2",
+        "--tpmstate", f"dir={SWTPM_STATE_DIR}",
+        # Loopback only: the TPM is the pod's own, no other pod may talk to it.
+        "--server", f"type=tcp,port={SWTPM_PORT},bindaddr=127.0.0.1",
+        "--ctrl", f"type=tcp,port={SWTPM_CTRL_PORT},bindaddr=127.0.0.1",
+        "--flags", "startup-clear",
+    ]
+    mounts = [{"name": "swtpm-state", "mountPath": SWTPM_STATE_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
+    sidecar: dict[str, Any] = {"command": swtpm, "startupProbe": {**swtpm_probe, "periodSeconds": 1, "failureThreshold": 30}}
+    if measured_boot:
+        # The TPM's PCRs hold the synthetic boot the agent's log records, from every start on; the agent
+        # starts only once they do.
+        sidecar = {
+            "command": ["/bin/bash", f"{SCRIPTS_DIR}/swtpm-boot.sh", *swtpm],
+            "env": [
+                {"name": "BOOT_LOG_EXTENDS", "value": f"{SCRIPTS_DIR}/{BOOT_LOG_EXTENDS}"},
+                {"name": "BOOTED_MARKER", "value": BOOTED_MARKER},
+                {"name": "TPM2TOOLS_TCTI", "value": f"swtpm:host=127.0.0.1,port={SWTPM_PORT}"},
+            ],
+            "startupProbe": {"exec": {"command": ["test", "-e", BOOTED_MARKER]}, "periodSeconds": 1, "failureThreshold": 30},
+        }
+        mounts.append({"name": "config", "mountPath": SCRIPTS_DIR, "readOnly": True})
     return [
         {
             # Creates the TPM's EK and EK certificate once per node, as the agent's own user: the
@@ -142,24 +181,30 @@ def _swtpm_containers(image: str, security: dict[str, Any]) -> list[dict[str, An
             "image": image,
             "imagePullPolicy": "IfNotPresent",
             "restartPolicy": "Always",
-            "command": [
-                "swtpm", "socket", "--tpm2",
-                "--tpmstate", f"dir={SWTPM_STATE_DIR}",
-                # Loopback only: the TPM is the pod's own, no other pod may talk to it.
-                "--server", f"type=tcp,port={SWTPM_PORT},bindaddr=127.0.0.1",
-                "--ctrl", f"type=tcp,port={SWTPM_CTRL_PORT},bindaddr=127.0.0.1",
-                "--flags", "startup-clear",
-            ],
-            "startupProbe": {**swtpm_probe, "periodSeconds": 1, "failureThreshold": 30},
+            **sidecar,
             "livenessProbe": {**swtpm_probe, "periodSeconds": 20},
             "securityContext": security,
             "resources": resources("50m", "32Mi", "500m", "128Mi"),
-            "volumeMounts": [
-                {"name": "swtpm-state", "mountPath": SWTPM_STATE_DIR},
-                {"name": "tmp", "mountPath": "/tmp"},
-            ],
+            "volumeMounts": mounts,
         },
     ]
+
+
+def _boot_log_reader(image: str, uid: int) -> dict[str, Any]:
+    """hwtpm: the init step that copies the kernel's UEFI event log for the non-root agent (BOOT_LOG_READER)."""
+    return {
+        "name": "boot-log",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["cp", "--", BOOT_LOG_SOURCE, keylime_conf.BOOT_LOG],
+        # Group 0 may read the log (0440, root:root); user 0 and every capability stay out.
+        "securityContext": container_security_context(uid, 0),
+        "resources": resources("10m", "16Mi", "100m", "32Mi"),
+        "volumeMounts": [
+            {"name": "securityfs-boot-log", "mountPath": BOOT_LOG_SOURCE, "readOnly": True},
+            {"name": "boot-log", "mountPath": keylime_conf.BOOT_LOG_DIR},
+        ],
+    }
 
 
 def declare_agent_workload(
@@ -171,9 +216,22 @@ def declare_agent_workload(
     ca_files = {keylime_conf.CA_CERT: pod_args.ca_cert_pem}
     ca_secret = k8s.core.v1.Secret(f"{name}-ca", metadata=metadata(CA_SECRET), type="Opaque", string_data=ca_files, opts=opts)
     files = {"agent.conf": pod_args.agent_conf}
+    binary_files: dict[str, str] = {}
     if tpm == "swtpm":
         files["swtpm-init.sh"] = SWTPM_INIT_SCRIPT.read_text()
-    config = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(AGENT_CONFIG), data=files, opts=opts)
+        if pod_args.measured_boot:
+            # A software TPM measured no boot: the agent sends a synthetic log, its sidecar extends the PCRs to match.
+            log = boot_log.encode(boot_log.synthetic_boot())
+            files["swtpm-boot.sh"] = SWTPM_BOOT_SCRIPT.read_text()
+            files[BOOT_LOG_EXTENDS] = "".join(f"{pcr}:sha256={digest}\n" for pcr, digest in boot_log.extends(log))
+            binary_files[keylime_conf.BOOT_LOG_NAME] = base64.b64encode(log).decode()
+    config = k8s.core.v1.ConfigMap(
+        f"{name}-config",
+        metadata=metadata(AGENT_CONFIG),
+        data=files,
+        **({"binary_data": binary_files} if binary_files else {}),
+        opts=opts,
+    )
     # The agent only dials out; nothing may connect to it.
     k8s.networking.v1.NetworkPolicy(
         f"{name}-default-deny-ingress",
@@ -199,14 +257,27 @@ def declare_agent_workload(
         "tolerations": [TOLERATE_UNTRUSTED],
         "volumes": volumes,
     }
+    agent_mounts = [
+        {"name": "config", "mountPath": keylime_conf.CONF_DIR, "readOnly": True},
+        {"name": "ca", "mountPath": keylime_conf.TLS_DIR, "readOnly": True},
+        {"name": "agent-state", "mountPath": keylime_conf.AGENT_KEYLIME_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    annotations = checkov_waivers("CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15", CKV_K8S_8=NO_PROBE, CKV_K8S_9=NO_PROBE)
     if tpm == "swtpm":
-        pod["initContainers"] = _swtpm_containers(image, security)
+        pod["initContainers"] = _swtpm_containers(image, security, pod_args.measured_boot)
         volumes.append(_node_state_volume("swtpm-state", SWTPM_STATE_ON_NODE))
     else:
         # The device plugin hands the pod /dev/tpmrm0; containerd's device_ownership_from_security_context
         # gives it to runAsUser/runAsGroup, so no supplementalGroups (tss) and no privilege are needed.
         agent_resources["limits"][TPM_RESOURCE] = "1"
         agent_resources["requests"][TPM_RESOURCE] = "1"
+        if pod_args.measured_boot:
+            pod["initContainers"] = [_boot_log_reader(image, uid)]
+            volumes.append(empty_dir("boot-log", "4Mi"))
+            volumes.append({"name": "securityfs-boot-log", "hostPath": {"path": SECURITYFS_BOOT_LOG, "type": "File"}})
+            agent_mounts.append({"name": "boot-log", "mountPath": keylime_conf.BOOT_LOG_DIR, "readOnly": True})
+            annotations["keylime-push/boot-log"] = BOOT_LOG_READER
     pod["containers"] = [
         {
             "name": "agent",
@@ -216,27 +287,16 @@ def declare_agent_workload(
             "env": agent_env(tpm),
             "securityContext": security,
             "resources": agent_resources,
-            "volumeMounts": [
-                {"name": "config", "mountPath": keylime_conf.CONF_DIR, "readOnly": True},
-                {"name": "ca", "mountPath": keylime_conf.TLS_DIR, "readOnly": True},
-                {"name": "agent-state", "mountPath": keylime_conf.AGENT_KEYLIME_DIR},
-                {"name": "tmp", "mountPath": "/tmp"},
-            ],
+            "volumeMounts": agent_mounts,
         }
     ]
     template_metadata = {
         "labels": LABELS,
-        "annotations": inputs_annotation({AGENT_CONFIG: files, CA_SECRET: ca_files}),
+        "annotations": inputs_annotation({AGENT_CONFIG: {**files, **binary_files}, CA_SECRET: ca_files}),
     }
     return k8s.apps.v1.DaemonSet(
         f"{name}-agent",
-        metadata=metadata(
-            "keylime-agent",
-            {
-                **checkov_waivers("CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15", CKV_K8S_8=NO_PROBE, CKV_K8S_9=NO_PROBE),
-                "keylime-push.io/node-state": NODE_STATE_WHY,
-            },
-        ),
+        metadata=metadata("keylime-agent", {**annotations, "keylime-push.io/node-state": NODE_STATE_WHY}),
         spec={"selector": {"matchLabels": LABELS}, "template": {"metadata": template_metadata, "spec": pod}},
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[ca_secret, config])),
     )

@@ -22,6 +22,8 @@ class EnrollmentArgs:
     """The Kind clusters' Command ids: a new cluster means new agents, enrolled afresh."""
     ready: list[pulumi.Resource]
     """What must exist first: the tenant and servers, and every agent DaemonSet."""
+    mb_policy_json: str = ""
+    """The measured-boot reference state they are enrolled with too (keylime_tenant --mb-policy); empty: none."""
 
 
 class Enrollment(pulumi.ComponentResource):
@@ -42,6 +44,7 @@ class Enrollment(pulumi.ComponentResource):
             environment={
                 **access,
                 "TPM_POLICY": args.tpm_policy_json,
+                "MB_POLICY": args.mb_policy_json,
                 "WAIT_SECONDS": str(REGISTRATION_WAIT_SECONDS),
             },
             triggers=args.cluster_ids,
@@ -60,7 +63,7 @@ class Enrollment(pulumi.ComponentResource):
             update=f"{ENROLL_SCRIPT} verify",
             # Re-verifies exactly when the enrolled set or its policy changed.
             environment={**access, "ENROLLED": self.enrolled, "TPM_POLICY": args.tpm_policy_json,
-                         "WAIT_SECONDS": str(ATTESTATION_WAIT_SECONDS)},
+                         "MB_POLICY": args.mb_policy_json, "WAIT_SECONDS": str(ATTESTATION_WAIT_SECONDS)},
             logging=command.local.Logging.STDERR,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[enroll])),
         )

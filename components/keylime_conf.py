@@ -20,6 +20,11 @@ CONF_DIR = "/etc/keylime-push"
 TLS_DIR = f"{CONF_DIR}/tls"
 DATA_DIR = "/var/lib/keylime/data"
 AGENT_KEYLIME_DIR = "/var/lib/keylime"
+# The UEFI event log an agent with an mbPolicy sends: swtpm's synthetic one comes in its ConfigMap (CONF_DIR),
+# the VM's is copied out of securityfs into BOOT_LOG_DIR.
+BOOT_LOG_NAME = "binary_bios_measurements"
+BOOT_LOG_DIR = "/var/lib/keylime-boot"
+BOOT_LOG = f"{BOOT_LOG_DIR}/{BOOT_LOG_NAME}"
 
 # File names inside TLS_DIR; each pod mounts only the Secret with its own keys.
 CA_CERT = "cacert.crt"
@@ -216,9 +221,13 @@ def verifier_conf(settings: Settings) -> str:
                 "quote_interval": quote_interval(settings),
                 "max_upload_size": 104857600,
                 "request_timeout": 60.0,
-                "measured_boot_policy_name": "accept-all",
+                # Agents enrolled with an mbPolicy (a reference state from `keylime-policy create
+                # measured-boot`) are judged by keylime's shim + grub + Linux policy; with accept-all the
+                # reference state would be ignored. "always": a reboot into another boot chain is judged
+                # again ("once" judges only an agent's first attestation).
+                "measured_boot_policy_name": "example",
                 "measured_boot_imports": [],
-                "measured_boot_evaluate": "once",
+                "measured_boot_evaluate": "always",
                 "severity_labels": ["info", "notice", "warning", "error", "critical", "alert", "emergency"],
                 "severity_policy": [{"event_id": ".*", "severity_label": "emergency"}],
                 "ignore_tomtou_errors": False,
@@ -315,4 +324,6 @@ def agent_conf(settings: Settings) -> str:
         "tls_accept_invalid_certs": False,
         "tls_accept_invalid_hostnames": False,
     }
+    if settings.mb_policy:
+        options["measuredboot_ml_path"] = f"{CONF_DIR}/{BOOT_LOG_NAME}" if settings.tpm_mode == "swtpm" else BOOT_LOG
     return render_toml({"agent": options})

@@ -44,8 +44,22 @@ VM_POD_CIDR = "10.244.0.0/16"
 VM_SERVICE_CIDR = "10.96.0.0/12"
 POLICY_ALLOWED = (
     'a JSON object mapping PCR index 0..23 (not 10, IMA; not 16, debug) to a sha256 digest '
-    '(64 hex) or a list of them, at least one PCR, e.g. {"8": "<64 zeros>"}'
+    '(64 hex) or a list of them, at least one PCR, e.g. {"8": "<64 zeros>"} (with an mbPolicy: {} or PCRs 17..23)'
 )
+# keylime's config.MEASUREDBOOT_PCRS: the PCRs a measured-boot policy accounts for. keylime_tenant refuses a
+# tpm_policy naming any of them next to an mb policy (keylime/cli/policies.py, enforce_pcrs).
+MEASURED_BOOT_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15)
+MB_POLICY_ALLOWED = (
+    "empty (no measured boot), or a reference state as `keylime-policy create measured-boot` writes it for "
+    "keylime's example policy (make mb-policy): a JSON object with has_secureboot, scrtm_and_bios, pk, kek, db, "
+    "dbx, mokdig, mokxdig and at least one kernel"
+)
+_REFSTATE_LISTS = ("scrtm_and_bios", "pk", "kek", "db", "dbx", "mokdig", "mokxdig")
+# What keylime's example policy reads of each kernel, with Secure Boot and without.
+_KERNEL_KEYS = {
+    True: ("shim_authcode_sha256", "grub_authcode_sha256", "kernel_authcode_sha256", "initrd_plain_sha256", "kernel_cmdline"),
+    False: ("shim_authcode_sha256", "grub_authcode_sha256", "vmlinuz_plain_sha256", "initrd_plain_sha256", "kernel_cmdline"),
+}
 VERSION_ALLOWED = "a non-empty version string (image tag characters)"
 
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
@@ -97,7 +111,7 @@ def _tpm_policy(raw: str) -> tuple[tuple[int, tuple[str, ...]], ...]:
         policy = json.loads(raw)
     except json.JSONDecodeError as error:
         raise ValueError(f"malformed JSON: {error.msg}") from None
-    if not isinstance(policy, dict) or not policy:
+    if not isinstance(policy, dict):
         raise ValueError("need a JSON object with at least one PCR")
     entries = []
     for key, digests in policy.items():
@@ -116,6 +130,36 @@ def _tpm_policy(raw: str) -> tuple[tuple[int, tuple[str, ...]], ...]:
                 raise ValueError(f"PCR {pcr} digest is not hexadecimal")
         entries.append((pcr, tuple(dict.fromkeys(d.lower() for d in listed))))
     return tuple(sorted(entries))
+
+
+def _mb_policy(raw: str) -> str:
+    """The reference state, checked as keylime's example policy reads it; compact JSON with sorted keys."""
+    if not raw.strip():
+        return ""
+    try:
+        refstate = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"malformed JSON: {error.msg}") from None
+    if not isinstance(refstate, dict):
+        raise ValueError("need a JSON object")
+    if not refstate.get("kernels"):
+        # keylime-policy writes none, and still exits 0, when the log lacks the boot applications it expects
+        # (shim and grub, and with Secure Boot the kernel).
+        raise ValueError("no kernels: keylime-policy found no shim, grub and kernel boot in the event log")
+    if not isinstance(refstate.get("has_secureboot"), bool):
+        raise ValueError("has_secureboot must be true or false")
+    for key in _REFSTATE_LISTS:
+        if not isinstance(refstate.get(key), list):
+            raise ValueError(f"{key} must be a list")
+    if not refstate["scrtm_and_bios"]:
+        raise ValueError("scrtm_and_bios is empty")
+    if not isinstance(refstate["kernels"], list):
+        raise ValueError("kernels must be a list")
+    for index, kernel in enumerate(refstate["kernels"]):
+        missing = [key for key in _KERNEL_KEYS[refstate["has_secureboot"]] if not isinstance(kernel, dict) or key not in kernel]
+        if missing:
+            raise ValueError(f"kernels[{index}] lacks {', '.join(missing)}")
+    return json.dumps(refstate, sort_keys=True, separators=(",", ":"))
 
 
 def is_ip_address(value: str) -> bool:
@@ -230,6 +274,13 @@ class Settings(BaseModel):
         alias="tpmPolicy",
         description="JSON object: PCR index 0..23 (not 10, IMA; not 16, debug) -> sha256 digest (64 hex) or a list "
         "of them; at least one PCR; digests are lower-cased.",
+    )
+    mb_policy: Annotated[str, Key(MB_POLICY_ALLOWED, _mb_policy)] = Field(
+        "",
+        alias="mbPolicy",
+        description="Measured-boot reference state (JSON) every agent is enrolled with (`keylime_tenant --mb-policy`): "
+        "make it with `make mb-policy` from a known-good machine's event log; empty: PCR policy only. With it, "
+        "tpmPolicy may be {} and must not name PCRs 0-9 or 11-15.",
     )
     agent_uid: Annotated[
         int, _integer_key(1, None, "an integer >= 1 (0 is root, which the agent must not be)")
@@ -384,11 +435,15 @@ class SettingsError(ValueError):
 
 
 def _refusal(key: str, got: object, allowed: str) -> str:
-    return f"{NAMESPACE}:{key}: got {got!r}; allowed: {allowed}"
+    shown = repr(got)
+    if len(shown) > 160:  # a reference state runs to kilobytes: its start says which value was meant
+        shown = f"{shown[:80]}... ({len(str(got))} characters)"
+    return f"{NAMESPACE}:{key}: got {shown}; allowed: {allowed}"
 
 
 def _cross_key_problems(settings: Mapping[str, Any]) -> Iterator[str]:
     """Rules between keys, each checked only when the settings it compares are valid on their own."""
+    yield from _policy_problems(settings)
     registrar_port, verifier_port = settings.get("registrar_node_port"), settings.get("verifier_node_port")
     if registrar_port and verifier_port and verifier_port in (registrar_port, registrar_port + 1):
         yield (
@@ -403,6 +458,26 @@ def _cross_key_problems(settings: Mapping[str, Any]) -> Iterator[str]:
         yield (
             f"{NAMESPACE}:uuid: the literal UUID {agent_uuid} would be shared by {agent_clusters} agents; "
             "allowed: hash_ek | generate, or a literal UUID with agentClusters=1"
+        )
+
+
+def _policy_problems(settings: Mapping[str, Any]) -> Iterator[str]:
+    """tpmPolicy next to mbPolicy: the quote must name some PCR, and the tenant refuses the boot log's PCRs twice."""
+    tpm_policy, mb_policy = settings.get("tpm_policy"), settings.get("mb_policy")
+    if tpm_policy is None or mb_policy is None:
+        return
+    got = json.dumps({str(pcr): list(digests) for pcr, digests in tpm_policy})
+    if not tpm_policy and not mb_policy:
+        yield _refusal(
+            "tpmPolicy", got, "at least one PCR when there is no mbPolicy (an agent with no PCR to quote never attests)"
+        )
+    claimed = [pcr for pcr, _ in tpm_policy if pcr in MEASURED_BOOT_PCRS]
+    if mb_policy and claimed:
+        yield _refusal(
+            "tpmPolicy",
+            got,
+            f"{{}} or PCRs 17..23 next to an mbPolicy (keylime_tenant refuses PCR {', '.join(map(str, claimed))}: "
+            "the boot log accounts for PCRs 0-9 and 11-15)",
         )
 
 

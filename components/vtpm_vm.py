@@ -16,7 +16,14 @@ import pulumi_libvirt as libvirt
 import pulumi_tls as tls
 
 from components import cloud_init
-from components.agent_workload import TOLERATE_UNTRUSTED, TPM_DEVICE, AgentPodArgs, declare_agent_workload, node_state_dirs
+from components.agent_workload import (
+    SECURITYFS_BOOT_LOG,
+    TOLERATE_UNTRUSTED,
+    TPM_DEVICE,
+    AgentPodArgs,
+    declare_agent_workload,
+    node_state_dirs,
+)
 from components.pod_security import checkov_waivers, resources
 from components.providers import cluster_provider
 
@@ -27,6 +34,12 @@ SCRIPTS = Path(__file__).with_name("scripts")
 LOAD_SCRIPT = "components/scripts/vm-load-images.sh"
 DEVICE_PLUGIN_IMAGE = "ghcr.io/squat/generic-device-plugin:0.1.0"
 DEVICE_PLUGIN_LABELS = {"app.kubernetes.io/name": "generic-device-plugin"}
+# UEFI firmware with Secure Boot and Microsoft's keys enrolled (Debian/Ubuntu's ovmf package), so the VM's
+# firmware, shim, grub and kernel measure a real boot into the vTPM and the kernel has its event log.
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+OVMF_VARS_TEMPLATE = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
+NVRAM = f"/var/lib/libvirt/qemu/nvram/{VM_NAME}_VARS.fd"
+SECURE_BOOT_XSLT = SCRIPTS / "secure-boot.xsl"
 PRIVILEGED = (
     "the device plugin registers with the kubelet and hands /dev/tpmrm0 to pods; it is the only privileged "
     "pod, so that the agent needs no privilege, capability or tss group"
@@ -55,6 +68,8 @@ class VtpmVm(pulumi.ComponentResource):
     domain: libvirt.Domain
     provider: k8s.Provider
     daemon_set: k8s.apps.v1.DaemonSet
+    boot_log: pulumi.Output[str]
+    """The VM's UEFI event log (base64) as it booted: what a measured-boot reference state is made from."""
 
     def __init__(self, name: str, args: VtpmVmArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:vm:VtpmVm", name, None, opts)
@@ -120,6 +135,10 @@ class VtpmVm(pulumi.ComponentResource):
             vcpu=args.cpus,
             memory=args.memory_mib,
             cpu=libvirt.DomainCpuArgs(mode="host-passthrough"),
+            firmware=OVMF_CODE,
+            nvram=libvirt.DomainNvramArgs(file=NVRAM, template=OVMF_VARS_TEMPLATE),
+            # The provider writes the loader with secure="no" and cannot declare SMM, which Secure Boot needs.
+            xml=libvirt.DomainXmlArgs(xslt=SECURE_BOOT_XSLT.read_text()),
             disks=[libvirt.DomainDiskArgs(volume_id=root.id)],
             cloudinit=seed.id,
             network_interfaces=[libvirt.DomainNetworkInterfaceArgs(network_id=network.id, addresses=[address])],
@@ -157,6 +176,15 @@ class VtpmVm(pulumi.ComponentResource):
             logging=command.remote.Logging.NONE,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[ready], additional_secret_outputs=["stdout"]),
         )
+        # Read once per VM (the log does not change until it reboots), so that `make vm-boot-log` can make a
+        # reference state from it without anyone logging in.
+        self.boot_log = command.remote.Command(
+            f"{name}-boot-log",
+            connection=connection,
+            create=f"sudo base64 --wrap=0 {SECURITYFS_BOOT_LOG}",
+            triggers=[self.domain.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[ready]),
+        ).stdout
         agent_image = args.agent.image.ref
         images_loaded = command.local.Command(
             f"{name}-images",

@@ -40,11 +40,12 @@ def canonical_policy(policy: str | Mapping[str, object] | None) -> dict[str, lis
     return dict(sorted(canonical.items(), key=lambda item: int(item[0])))
 
 
-def enrollable_policy(policy: str | Mapping[str, object]) -> dict[str, list[str]]:
-    """The canonical policy, refused when it names no PCR: a push agent enrolled so never attests
-    (the verifier requests no evidence and answers 403 challenges_expired)."""
+def enrollable_policy(policy: str | Mapping[str, object], measured_boot: bool = False) -> dict[str, list[str]]:
+    """The canonical policy, refused when it names no PCR and there is no measured-boot policy (which selects
+    PCRs of its own): a push agent enrolled so never attests (the verifier requests no evidence and answers
+    403 challenges_expired)."""
     canonical = canonical_policy(policy)
-    if not canonical:
+    if not canonical and not measured_boot:
         raise PolicyError("the TPM policy names no PCR; an agent enrolled with it never attests")
     return canonical
 
@@ -71,9 +72,9 @@ class Changes:
 
 
 def changes(desired: Iterable[str], enrolled: Mapping[str, str | Mapping[str, object] | None],
-            policy: str | Mapping[str, object]) -> Changes:
+            policy: str | Mapping[str, object], measured_boot: bool = False) -> Changes:
     """`enrolled` maps each agent the verifier has to the tpm_policy it stores."""
-    wanted = enrollable_policy(policy)
+    wanted = enrollable_policy(policy, measured_boot)
     desired = sorted(set(desired))
     return Changes(
         enroll=tuple(agent for agent in desired if agent not in enrolled),

@@ -79,6 +79,13 @@ CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 PCR_RANGE = range(0, 24)
 # PCR 10 holds IMA's running measurements and PCR 16 is the debug PCR: neither is a stable reference.
 FORBIDDEN_PCRS = {10: "IMA measurements change at runtime", 16: "the debug PCR is resettable"}
+# keylime's MEASUREDBOOT_PCRS: with a measured-boot policy (MB_POLICY) the boot log accounts for them, and
+# keylime_tenant refuses a tpm_policy naming any of them.
+MEASURED_BOOT_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15)
+# The one agent-pod container that may run with group 0 (to read securityfs's 0440 root:root UEFI event log),
+# when the workload says why in this annotation; it stays non-root with every other rule.
+BOOT_LOG_READER = "boot-log"
+BOOT_LOG_ANNOTATION = "keylime-push/boot-log"
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 WILDCARD_ADDRESSES = ("", "0.0.0.0", "::", "[::]")
 PRIVATE_KEY_PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]+ )?PRIVATE KEY-----")
@@ -224,7 +231,7 @@ def validate_agent_security_context(args: ResourceValidationArgs, report_violati
             problems.append("runAsNonRoot is not true")
         if effective("runAsUser") != uid:
             problems.append(f"runAsUser is {_plain(effective('runAsUser'))}, not {uid} (keylime-push:agentUid)")
-        if effective("runAsGroup") != gid:
+        if effective("runAsGroup") != gid and not (effective("runAsGroup") == 0 and reads_boot_log(args.props, container)):
             problems.append(f"runAsGroup is {_plain(effective('runAsGroup'))}, not {gid} (keylime-push:agentGid)")
         if get(context, "allowPrivilegeEscalation") is not False:
             problems.append("allowPrivilegeEscalation is not false")
@@ -241,6 +248,12 @@ def validate_agent_security_context(args: ResourceValidationArgs, report_violati
             problems.append("readOnlyRootFilesystem is not true")
         if problems:
             report_violation(f"{describe(args)}, agent container '{get(container, 'name')}': " + "; ".join(problems))
+
+
+def reads_boot_log(props: Any, container: Any) -> bool:
+    """The boot-log init step, on a workload whose annotation says why it reads securityfs with group 0."""
+    reason = get(props, "metadata", "annotations", BOOT_LOG_ANNOTATION)
+    return get(container, "name") == BOOT_LOG_READER and isinstance(reason, str) and len(reason) > 20
 
 
 def _plain(value: Any) -> Any:
@@ -435,7 +448,7 @@ def validate_key_material_in_secrets(args: ResourceValidationArgs, report_violat
 # The TPM policy agents are enrolled with.
 
 
-def tpm_policy_problems(text: str) -> list[str]:
+def tpm_policy_problems(text: str, measured_boot: bool = False) -> list[str]:
     try:
         policy = json.loads(text)
     except json.JSONDecodeError as error:
@@ -444,7 +457,7 @@ def tpm_policy_problems(text: str) -> list[str]:
         return ["is not a JSON object of PCR -> digests"]
     problems = []
     pcrs = {key: value for key, value in policy.items() if key != "mask"}
-    if not pcrs:
+    if not pcrs and not measured_boot:
         problems.append("names no PCR (the verifier would accept any quote, and push agents fail with 'challenges expired')")
     for key, digests in pcrs.items():
         if not key.isdigit() or int(key) not in PCR_RANGE:
@@ -452,6 +465,10 @@ def tpm_policy_problems(text: str) -> list[str]:
             continue
         if int(key) in FORBIDDEN_PCRS:
             problems.append(f"names PCR {key}: {FORBIDDEN_PCRS[int(key)]}")
+        if measured_boot and int(key) in MEASURED_BOOT_PCRS:
+            problems.append(
+                f"names PCR {key}, which the measured-boot policy (MB_POLICY) accounts for: keylime_tenant refuses it"
+            )
         values = digests if isinstance(digests, list) else [digests]
         if not values or not all(isinstance(v, str) and SHA256_HEX.match(v) for v in values):
             problems.append(f"PCR {key} is not a sha256 digest or a non-empty list of them")
@@ -464,7 +481,8 @@ def validate_tpm_policy(args: ResourceValidationArgs, report_violation: ReportVi
     text = get(command_environment(args.props), "TPM_POLICY")
     if text is None:
         return
-    for problem in tpm_policy_problems(str(text)):
+    measured_boot = bool(get(command_environment(args.props), "MB_POLICY"))
+    for problem in tpm_policy_problems(str(text), measured_boot):
         report_violation(f"{describe(args)}: the TPM policy (environment TPM_POLICY) {problem}", None)
 
 
@@ -492,7 +510,8 @@ def validate_host_ports_bound(args: ResourceValidationArgs, report_violation: Re
         if str(address) in WILDCARD_ADDRESSES:
             report_violation(
                 f"{describe(args)}: {where} publishes host port {_plain(port)} on every interface "
-                f"(listen address '{address or 'unset'}'); bind it to 127.0.0.1 or to the one address its clients dial", None
+                f"(listen address '{address or 'unset'}'); bind it to 127.0.0.1 or to the one address its clients dial",
+                None,
             )
 
 

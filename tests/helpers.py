@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
-from components.settings import Settings, parse_settings
+import pytest
+
+from components.settings import Settings, SettingsError, parse_settings
 from tools.offline import ProgramRun, stack_config
 
 ROOT = Path(__file__).resolve().parent.parent
+# The shape `keylime-policy create measured-boot` writes (values shortened): what keylime's example policy reads.
+REFSTATE = {
+    "has_secureboot": True,
+    "scrtm_and_bios": [{"scrtm": {"sha256": "0x2a"}, "platform_firmware": [{"sha256": "0xd0"}]}],
+    "pk": [{"SignatureOwner": "6b65796c-696d-6570-7573-682d73796e74", "SignatureData": "0xfc"}],
+    "kek": [],
+    "db": [],
+    "dbx": [],
+    "vendor_db": [],
+    "mokdig": [],
+    "mokxdig": [],
+    "kernels": [{
+        "kernel_authcode_sha256": "0x01", "shim_authcode_sha256": "0x02", "grub_authcode_sha256": "0x03",
+        "initrd_plain_sha256": "0x04", "kernel_cmdline": r"/vmlinuz\-6\.8\.0 ro",
+    }],
+}
+# Config of a stack whose agents attest their boot.
+MEASURED = {"mbPolicy": json.dumps(REFSTATE, indent=1), "tpmPolicy": "{}"}
 
 
 # Two hash seeds under which the same set of a few names iterates in different orders.
@@ -45,6 +66,13 @@ def settings_for(stack: str = "swtpm", **overrides: object) -> Settings:
     return parse_settings(
         {key.split(":", 1)[1]: value for key, value in namespaced.items() if key.startswith("keylime-push:")}, stack
     )
+
+
+def problems_for(stack: str = "swtpm", **overrides: object) -> list[str]:
+    """The configuration problems a stack file (plus overrides) is refused with."""
+    with pytest.raises(SettingsError) as raised:
+        settings_for(stack, **overrides)
+    return raised.value.problems
 
 
 def pod_spec(resource) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import MEASURED
 
 from components.kind import KUBERNETES_VERSION
 from components.pod_security import WAIVERS
@@ -19,10 +20,11 @@ from tools.render import render
 BIN = Path(os.environ.get("VALIDATORS_BIN", Path(sys.executable).parent))
 
 
-@pytest.fixture(scope="module", params=["swtpm", "hwtpm"])
+@pytest.fixture(scope="module", params=["swtpm", "hwtpm", "swtpm-measured-boot", "hwtpm-measured-boot"])
 def manifests(request, tmp_path_factory) -> list[Path]:
+    stack, _, variant = request.param.partition("-")
     out = tmp_path_factory.mktemp(request.param)
-    render(request.param, out, {})
+    render(stack, out, MEASURED if variant else {})
     return sorted((out / "manifests").rglob("*.yaml"))
 
 

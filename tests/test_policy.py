@@ -14,6 +14,7 @@ import json
 import pulumi
 import pulumi_kubernetes as k8s
 import pytest
+from helpers import MEASURED
 from pulumi.runtime import rpc
 from pulumi_policy import (
     PolicyCustomTimeouts,
@@ -622,3 +623,47 @@ def test_secrets_reach_policies_unwrapped_as_pulumi_policy_presents_them(stacks)
     props = resource_args(secret, stacks["swtpm"]).props
     assert props["stringData"]["server-private.pem"].startswith("-----BEGIN PRIVATE KEY-----")
     assert isinstance(stack_args(stacks["swtpm"]).resources[0], PolicyResource)
+
+
+# --- measured boot (mbPolicy) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", ["swtpm", "hwtpm"])
+def test_the_program_with_an_mb_policy_passes_every_policy(stack):
+    assert summary(check(run_program(stack, MEASURED), stack, **MEASURED)) == set()
+
+
+def test_tpm_policy_next_to_an_mb_policy_minimal():
+    validate = rules.validate_tpm_policy
+
+    def enroll(policy, mb_policy: str) -> ResourceValidationArgs:
+        environment = {"TPM_POLICY": json.dumps(policy), "MB_POLICY": mb_policy}
+        return args("command:local:Command", {"create": "enroll.py add", "environment": environment}, name="enrollment-enroll")
+
+    assert violations(validate, enroll({}, MEASURED["mbPolicy"])) == []
+    assert violations(validate, enroll({"23": ZEROS}, MEASURED["mbPolicy"])) == []
+    assert violations(validate, enroll({"15": ZEROS}, MEASURED["mbPolicy"])) == [
+        "command:local:Command 'enrollment-enroll': the TPM policy (environment TPM_POLICY) names PCR 15, which the "
+        "measured-boot policy (MB_POLICY) accounts for: keylime_tenant refuses it"]
+    assert len(violations(validate, enroll({}, ""))) == 1  # an empty MB_POLICY is none
+
+
+@pytest.mark.usefixtures("no_stack_config")
+def test_only_the_annotated_boot_log_reader_may_run_with_group_0():
+    validate = rules.validate_agent_security_context
+    reader = {"name": "boot-log", "image": "keylime-push/agent:0.2.9-abc", "securityContext": {**HARDENED, "runAsGroup": 0}}
+
+    def with_init(container: dict, annotations=None) -> dict:
+        workload = daemon_set(HARDENED, annotations=annotations)
+        workload["spec"]["template"]["spec"]["initContainers"] = [container]
+        return workload
+
+    why = {rules.BOOT_LOG_ANNOTATION: "reads securityfs's 0440 root:root event log with group 0, nothing else"}
+    assert violations(validate, args("kubernetes:apps/v1:DaemonSet", with_init(reader, why))) == []
+    unexplained = violations(validate, args("kubernetes:apps/v1:DaemonSet", with_init(reader)))
+    assert len(unexplained) == 1 and "agent container 'boot-log': runAsGroup is 0, not 490" in unexplained[0]
+    other = violations(validate, args("kubernetes:apps/v1:DaemonSet", with_init({**reader, "name": "helper"}, why)))
+    assert len(other) == 1 and "runAsGroup is 0" in other[0]
+    root_reader = {**reader, "securityContext": {**HARDENED, "runAsGroup": 0, "runAsUser": 0}}
+    as_root = violations(validate, args("kubernetes:apps/v1:DaemonSet", with_init(root_reader, why)))
+    assert len(as_root) == 1 and "runAsUser is 0, not 490" in as_root[0]

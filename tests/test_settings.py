@@ -6,19 +6,13 @@ import json
 
 import pytest
 import yaml
-from helpers import ROOT, settings_for
+from helpers import ROOT, problems_for, settings_for
 
 from components.settings import DEFAULTS, KEYS, NAMESPACE, ZERO_DIGEST, SettingsError, parse_settings
 from tools import config_docs
 from tools.offline import run_program, stack_config
 
 UPPER_DIGEST = "AB" * 32
-
-
-def problems_for(stack: str = "swtpm", **overrides: object) -> list[str]:
-    with pytest.raises(SettingsError) as raised:
-        settings_for(stack, **overrides)
-    return raised.value.problems
 
 
 def test_swtpm_stack_defaults_match_the_original_poc():
@@ -189,7 +183,8 @@ def test_the_drift_check_names_a_changed_description_and_rewrites_it(tmp_path, m
 
 def test_the_offline_stack_config_takes_the_declared_defaults_then_the_stack_file():
     config = stack_config("hwtpm", {"vmCpus": 4})
-    assert config["keylime-push:tpmPolicy"] == json.dumps({"8": ZERO_DIGEST})
+    assert config["keylime-push:mbPolicy"] == ""  # a declared default
+    assert config["keylime-push:tpmPolicy"] == json.dumps({"23": ZERO_DIGEST})  # the stack file's (UEFI uses PCR 8)
     assert config["keylime-push:keylimeGit"] == ""
     assert (config["keylime-push:agentClusters"], config["keylime-push:requireEkCert"]) == ("1", "true")
     assert config["keylime-push:vmCpus"] == "4"

@@ -198,6 +198,7 @@ def run_declarations(
         recorded.append(Resource(**{**vars(registration), "inputs": integral(registration.inputs)}))
 
     monitor = pulumi_internals.RegistrationMonitor(mocks, record)
+    pulumi_internals.forget_root_stack()
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(dict(config or {}))
 

@@ -9,6 +9,7 @@ tests/test_pulumi_internals.py fails with it, naming the pulumi version requirem
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import inspect
 import re
@@ -50,6 +51,8 @@ def problems() -> list[str]:
         found.append("pulumi.runtime.set_mocks takes no monitor")
     if not hasattr(pulumi.runtime, "get_root_resource"):
         found.append("pulumi.runtime.get_root_resource is gone")
+    if not isinstance(getattr(pulumi.runtime.settings, "ROOT", None), contextvars.ContextVar):
+        found.append("pulumi.runtime.settings.ROOT is no longer a ContextVar")
     fields = resource_pb2.RegisterResourceRequest.DESCRIPTOR.fields_by_name
     found.extend(f"RegisterResourceRequest has no field {name}" for name in REQUEST_FIELDS if name not in fields)
     return found
@@ -105,6 +108,12 @@ class RegistrationMonitor(pulumi_mocks.MockMonitor):
                 )
             )
         return response
+
+
+def forget_root_stack() -> None:
+    """set_mocks makes a root stack only when there is none, so without this every run in a process would
+    share the first run's stack, and its exports would show up in the outputs of the runs after it."""
+    pulumi.runtime.settings.ROOT.set(None)
 
 
 def stack_exports() -> dict[str, Any]:

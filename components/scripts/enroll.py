@@ -3,7 +3,8 @@
 
     enroll.py add      wait (bounded) for EXPECTED_AGENTS registrations, enroll each one not yet enrolled,
                        and re-enroll each one enrolled with another TPM policy than TPM_POLICY
-    enroll.py update   the same (what a changed TPM_POLICY runs)
+    enroll.py update   the same (what a changed TPM_POLICY or MB_POLICY runs); with an MB_POLICY it re-enrolls
+                       every enrolled agent, since the verifier shows only whether an agent has one
     enroll.py delete   remove every agent from the verifier, best effort: succeeds when the infra cluster
                        is gone or its tenant cannot be reached (the enrollments go with the cluster)
     enroll.py verify   wait (bounded) until every registered agent is enrolled with TPM_POLICY and PASS
@@ -13,8 +14,9 @@ module the attestation controller decides with, so the two never disagree. The c
 registrations of agents that do not run; this script cannot see the agent clusters and never removes any.
 
 A kube.sh that cannot run at all (exit 126/127: no kubectl, no bash) fails every action, delete included.
-Environment: TPM_POLICY (JSON), EXPECTED_AGENTS, WAIT_SECONDS (default 300), POLL_SECONDS (default 5),
-KUBE_SH (default: kube.sh beside this file) and what kube.sh reads (KUBECONFIG_DATA).
+Environment: TPM_POLICY (JSON), MB_POLICY (a measured-boot reference state, JSON; empty: none),
+EXPECTED_AGENTS, WAIT_SECONDS (default 300), POLL_SECONDS (default 5), KUBE_SH (default: kube.sh beside
+this file) and what kube.sh reads (KUBECONFIG_DATA).
 add/update print {"enrolled": [...]} and verify prints {"agents": [...]} as JSON on stdout; progress
 goes to stderr. Exit status: 0 done, 1 the agents did not get there (the message names each one and
 why), 2 bad usage.
@@ -37,6 +39,11 @@ from controller.enrollment import FAIL, PolicyError, changes, enrollable_policy,
 # Registrar and verifier IDs: standard UUIDs, or 64-hex SHA-256 digests of the EK (uuid = "hash_ek").
 AGENT_ID = re.compile(r"\b(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{64})\b")
 PCR_MISMATCH = re.compile(r"PCR #\d+: \S+ from quote .* does not match expected value .*")
+# What the verifier logs when a UEFI event log does not replay to the quoted PCRs, and when it breaks the
+# measured-boot policy (the reference state it also logs is left out: it is what was enrolled).
+LOG_NOT_QUOTED = re.compile(r"For PCR \d+ and hash \S+ the boot event log has value .* but the agent (?P<agent>\S+) returned .*")
+BOOT_POLICY_FAILED = re.compile(
+    r"Boot attestation failed for agent (?P<agent>\S+), policy (?P<policy>\S+), refstate=.*, reason=(?P<reason>.*)")
 
 
 class Failure(Exception):  # noqa: N818 (the outcome, not a fault of the script: `except Failure` reads as it is meant)
@@ -55,10 +62,11 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def kube(*args: str) -> str:
+def kube(*args: str, stdin: str | None = None) -> str:
     kube_sh = os.environ.get("KUBE_SH", str(Path(__file__).with_name("kube.sh")))
     try:
-        result = subprocess.run([kube_sh, *args], capture_output=True, text=True, check=False)
+        result = subprocess.run([kube_sh, *args], input=stdin if stdin is not None else "", capture_output=True,
+                                text=True, check=False)
     except OSError as error:
         raise CannotRun(f"cannot run {kube_sh}: {error}") from None
     output = result.stdout + result.stderr
@@ -144,33 +152,55 @@ def wait_for_registrations(expected: int, wait: float, poll: float) -> list[str]
         time.sleep(poll)
 
 
-def policy() -> str:
-    value = os.environ.get("TPM_POLICY", "")
+def policies() -> tuple[str, str]:
+    """TPM_POLICY and MB_POLICY. A measured-boot policy selects PCRs by itself; without one, an empty TPM
+    policy would select none, and such an agent never attests."""
+    tpm_policy, mb_policy = os.environ.get("TPM_POLICY", ""), os.environ.get("MB_POLICY", "")
     try:
-        enrollable_policy(value)
+        if mb_policy and not isinstance(json.loads(mb_policy), dict):
+            raise ValueError
+    except ValueError:
+        raise SystemExit("enroll.py: MB_POLICY must be a JSON object (a measured-boot reference state)") from None
+    try:
+        enrollable_policy(tpm_policy, measured_boot=bool(mb_policy))
     except (ValueError, PolicyError):
-        raise SystemExit("enroll.py: TPM_POLICY must be a non-empty JSON object (an empty policy never attests)") from None
-    return value
+        raise SystemExit("enroll.py: TPM_POLICY must be a JSON object naming a PCR when there is no MB_POLICY "
+                         "(an empty policy never attests)") from None
+    return tpm_policy, mb_policy
 
 
-def enroll(agent: str, tpm_policy: str, replace: bool = False) -> None:
+def enroll(agent: str, tpm_policy: str, mb_policy: str, replace: bool = False) -> None:
     """`-c add` refuses an enrolled agent (409); `-c update` deletes and adds it again."""
-    log(f"{'re-enrolling' if replace else 'enrolling'} {agent} with TPM policy {tpm_policy}")
-    tenant("-c", "update" if replace else "add", "--push-model", "-u", agent, "--tpm_policy", tpm_policy)
+    boot = " and a measured-boot policy" if mb_policy else ""
+    log(f"{'re-enrolling' if replace else 'enrolling'} {agent} with TPM policy {tpm_policy}{boot}")
+    args = ("-c", "update" if replace else "add", "--push-model", "-u", agent, "--tpm_policy", tpm_policy)
+    if mb_policy:
+        kube("tenant-with-mb-policy", *args, stdin=mb_policy)
+    else:
+        tenant(*args)
 
 
-def add() -> dict[str, object]:
-    """Enroll the registered agents not enrolled, re-enroll those on another policy (create and update alike)."""
-    tpm_policy = policy()
+def add(renew_boot_policy: bool = False) -> dict[str, object]:
+    """Enroll the registered agents not enrolled, re-enroll those on another policy (create and update alike).
+    The verifier shows only whether an agent has a measured-boot policy, not which: `renew_boot_policy`
+    re-enrolls every enrolled agent when there is one (what a changed MB_POLICY needs)."""
+    tpm_policy, mb_policy = policies()
     agents = wait_for_registrations(*settings())
-    stored = {agent: status(agent).get("tpm_policy") for agent in enrolled()}
-    todo = changes(agents, stored, tpm_policy)
+    records = {agent: status(agent) for agent in enrolled()}
+    todo = changes(agents, {agent: record.get("tpm_policy") for agent, record in records.items()}, tpm_policy,
+                   measured_boot=bool(mb_policy))
     for agent in agents:
-        if agent in todo.enroll or agent in todo.re_enroll:
-            enroll(agent, tpm_policy, replace=agent in todo.re_enroll)
+        boot_differs = agent in records and (renew_boot_policy and bool(mb_policy)
+                                             or bool(records[agent].get("has_mb_refstate")) != bool(mb_policy))
+        if agent in todo.enroll or agent in todo.re_enroll or boot_differs:
+            enroll(agent, tpm_policy, mb_policy, replace=agent in records)
         else:
-            log(f"{agent} is already enrolled with this TPM policy")
+            log(f"{agent} is already enrolled with this TPM policy{' and a measured-boot policy' if mb_policy else ''}")
     return {"enrolled": agents}
+
+
+def update() -> dict[str, object]:
+    return add(renew_boot_policy=True)
 
 
 def delete() -> dict[str, object]:
@@ -193,14 +223,24 @@ def delete() -> dict[str, object]:
 
 
 def failure_reason(agent: str) -> str:
-    """The verifier records why a quote failed only in its log: quote the PCR lines."""
+    """The verifier records why an attestation failed only in its log: the reasons it gives for this agent's
+    latest attestation, the log not matching the quote first (keylime's broken_evidence_chain), then the policies."""
     try:
         lines = kube("verifier-log").splitlines()
     except Failure as error:
         return f"(verifier log unavailable: {error})"
-    mismatches = [match.group(0) for line in lines if (match := PCR_MISMATCH.search(line))]
-    if mismatches:
-        return "policy_violation: " + mismatches[-1]
+    started = [index for index, line in enumerate(lines) if "Starting verification of attestation" in line and agent in line]
+    latest = lines[started[-1]:] if started else lines
+    found: dict[int, str] = {}
+    for line in latest:
+        if (match := LOG_NOT_QUOTED.search(line)) and match["agent"] == agent:
+            found[0] = "broken_evidence_chain: the UEFI event log does not replay to the quoted PCRs: " + match.group(0)
+        elif (match := BOOT_POLICY_FAILED.search(line)) and match["agent"] == agent:
+            found[1] = f"policy_violation: measured-boot policy {match['policy']}: {match['reason']}"
+        elif (match := PCR_MISMATCH.search(line)) and f"(from agent {agent})" in line:
+            found[2] = "policy_violation: " + match.group(0)
+    if found:
+        return found[min(found)]
     return "see kubectl -n keylime logs deploy/keylime-verifier"
 
 
@@ -208,7 +248,7 @@ def verify() -> dict[str, object]:
     """Only PASS is accepted: FAIL at once, and TIMEOUT, PENDING, an old policy or a registered agent that is not
     enrolled once the wait is over, each named with its reason."""
     expected, wait, poll = settings()
-    tpm_policy = policy()
+    tpm_policy, mb_policy = policies()
     deadline = time.monotonic() + wait
     while True:
         agents = enrolled()
@@ -217,6 +257,8 @@ def verify() -> dict[str, object]:
         if failed:
             raise Failure("\n".join(f"agent {agent}: attestation FAIL, {failure_reason(agent)}" for agent in failed))
         problems = {agent: reason for agent in agents if (reason := verdict(states[agent], tpm_policy)) is not None}
+        problems.update({agent: "enrolled without the measured-boot policy, not re-enrolled yet" for agent in agents
+                         if mb_policy and agent not in problems and not states[agent].get("has_mb_refstate")})
         problems.update({agent: "registered, not enrolled" for agent in registered() if agent not in states})
         if len(agents) >= expected and not problems:
             return {
@@ -238,7 +280,7 @@ def verify() -> dict[str, object]:
         time.sleep(poll)
 
 
-ACTIONS = {"add": add, "update": add, "delete": delete, "verify": verify}
+ACTIONS = {"add": add, "update": update, "delete": delete, "verify": verify}
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # kubectl access to the infra cluster's keylime namespace, for enroll.py.
 #   kube.sh tenant ARGS...   run `keylime_tenant ARGS...` in the tenant pod
+#   kube.sh tenant-with-mb-policy ARGS...
+#                            the same with `--mb-policy FILE`, FILE holding this script's stdin: the
+#                            tenant reads a measured-boot policy only from a file in its own container
 #   kube.sh verifier-log     print the verifier's recent log (PCR mismatches are only reported there)
 #   kube.sh ping             succeed when the infra cluster's API server answers
 # KUBECONFIG_DATA, when set, is the kubeconfig itself; it only ever lands in a private temporary file.
@@ -27,6 +30,13 @@ tenant)
     shift
     kubectl --namespace "${namespace}" exec deploy/keylime-tenant --container tenant -- keylime_tenant "$@"
     ;;
+tenant-with-mb-policy)
+    shift
+    # shellcheck disable=SC2016 # expanded by the tenant container's shell
+    kubectl --namespace "${namespace}" exec -i deploy/keylime-tenant --container tenant -- /bin/sh -c \
+        'policy="$(mktemp)" && cat > "${policy}" && keylime_tenant "$@" --mb-policy "${policy}"; status=$?; rm -f "${policy}"; exit "${status}"' \
+        tenant-with-mb-policy "$@"
+    ;;
 verifier-log)
     kubectl --namespace "${namespace}" logs deploy/keylime-verifier --tail="${LOG_LINES:-500}"
     ;;
@@ -34,7 +44,7 @@ ping)
     kubectl get --raw /readyz --request-timeout=10s >/dev/null
     ;;
 *)
-    echo "usage: $0 tenant ARGS...|verifier-log|ping" >&2
+    echo "usage: $0 tenant ARGS...|tenant-with-mb-policy ARGS...|verifier-log|ping" >&2
     exit 64
     ;;
 esac

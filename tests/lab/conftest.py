@@ -82,3 +82,20 @@ def fresh(infra, registered_agent):
         assert result.returncode == 0, result.stdout + result.stderr
     yield
     registered_agent.reboot()
+
+
+@pytest.fixture(scope="session")
+def synthetic_refstate(lab) -> str:
+    """The reference state keylime-policy makes from the swtpm stack's synthetic boot (what `make mb-policy` prints)."""
+    import subprocess
+    import tempfile
+
+    from components import boot_log
+
+    with tempfile.NamedTemporaryFile(suffix=".bin") as log:
+        log.write(boot_log.encode(boot_log.synthetic_boot()))
+        log.flush()
+        result = subprocess.run([str(lab.lab_bin / "keylime-policy"), "create", "measured-boot", "-e", log.name, "-o", "-"],
+                                capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout

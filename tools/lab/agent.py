@@ -34,6 +34,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from components import boot_log
+
 from .pod import Pod
 
 # swtpm_setup (the init container) persists the EK it certified at 0x81010001. The agent creates its EK
@@ -134,16 +136,18 @@ class EmulatedAgent:
         name = self.sidecar["name"]
         command = [_with_port(arg, self.ports) if "port=" in arg else self.pod.translate(name, arg)
                    for arg in self.sidecar["command"]]
+        # A TCTI in the sidecar's environment (to measure a boot into the TPM) follows the moved ports.
+        env = {key: _with_port(value, self.ports) if "port=" in value else value for key, value in self._env(name).items()}
         self.log = (self.workdir / "swtpm.log").open("wb")
         self.process = subprocess.Popen(
             self.pod.as_user(name, command),
-            env=self._env(name),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        probe = [re.sub(r":(\d+)$", lambda m: f":{self.ports[int(m.group(1))]}", arg)
+        probe = [self.pod.translate(name, re.sub(r":(\d+)$", lambda m: f":{self.ports[int(m.group(1))]}", arg))
                  for arg in self.sidecar["startupProbe"]["exec"]["command"]]
         deadline = time.monotonic() + 15
         while subprocess.run(probe, capture_output=True, check=False).returncode != 0:
@@ -213,6 +217,10 @@ class EmulatedAgent:
     def extend_pcr(self, pcr: int, digest: str) -> None:
         """What a measured component would do: extend one sha256 PCR."""
         self.tpm("tpm2_pcrextend", f"{pcr}:sha256={digest}")
+
+    def measure_boot(self, log: bytes) -> None:
+        """What the firmware of a boot that wrote `log` did: extend the PCRs with each of its events, in order."""
+        self.tpm("tpm2_pcrextend", *[f"{pcr}:sha256={digest}" for pcr, digest in boot_log.extends(log)])
 
     def pcr(self, pcr: int) -> str:
         output = self.tpm("tpm2_pcrread", f"sha256:{pcr}").stdout

@@ -12,9 +12,10 @@ prepares the node must give it to the pod's user.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,11 @@ class Pod:
         spec: dict[str, Any],
         secret_value: Callable[[str], str] = lambda value: value,
         node: Path | None = None,
+        host_paths: Mapping[str, Path] | None = None,
     ):
-        """Materialise the volumes of `spec` under `root` (hostPath volumes under `node`); `secret_value`
-        maps each declared Secret value to its real content."""
+        """Materialise the volumes of `spec` under `root` (hostPath volumes under `node`, unless `host_paths` maps
+        the declared path to what stands in for it on this machine); `secret_value` maps each declared Secret
+        value to its real content."""
         self.root = root
         self.spec = spec
         self.volumes: dict[str, Path] = {}
@@ -44,13 +47,19 @@ class Pod:
         self.fs_group: int | None = security.get("fsGroup")
         for volume in spec.get("volumes", []):
             if "hostPath" in volume:
-                self.volumes[volume["name"]] = self._host_path(node, volume["hostPath"])
+                declared = volume["hostPath"]["path"]
+                if host_paths and declared in host_paths:
+                    self.volumes[volume["name"]] = host_paths[declared]
+                else:
+                    self.volumes[volume["name"]] = self._host_path(node, volume["hostPath"])
                 continue
             directory = root / volume["name"]
             directory.mkdir(parents=True)
             if "configMap" in volume:
                 source = volume["configMap"]
-                data = cluster.get("ConfigMap", source["name"]).get("data", {})
+                declared = cluster.get("ConfigMap", source["name"])
+                data = {**declared.get("data", {}),
+                        **{key: base64.b64decode(value) for key, value in declared.get("binaryData", {}).items()}}
                 self._fill(directory, data, source.get("items"), source.get("defaultMode", CONFIG_MAP_DEFAULT_MODE))
             elif "secret" in volume:
                 source = volume["secret"]
@@ -81,11 +90,12 @@ class Pod:
             raise FileNotFoundError(f"hostPath type check failed: {source['path']} is not a directory on the node")
         return directory
 
-    def _fill(self, directory: Path, data: dict[str, str], items: list[dict] | None, mode: int) -> None:
+    def _fill(self, directory: Path, data: dict[str, str | bytes], items: list[dict] | None, mode: int) -> None:
         for item in items if items is not None else [{"key": key, "path": key} for key in data]:
             target = directory / item["path"]
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(data[item["key"]])
+            value = data[item["key"]]
+            target.write_bytes(value) if isinstance(value, bytes) else target.write_text(value)
             target.chmod(item.get("mode", mode))
             self._own(target)
 

@@ -8,7 +8,9 @@
 
 `tpm` runs one tpm2-tools command in `workdir` (where tpm2_createak left ak.pub, a TPM2B_PUBLIC, and
 ak.name); `tpm_send` sends one raw command to the TPM and returns its response. The wire format is
-documented in shared/reference/push-protocol.md, as verified against keylime 7.14.3.
+documented in shared/reference/push-protocol.md, as verified against keylime 7.14.3. With `uefi_log`
+(the agent's measuredboot_ml_path) the client also offers the UEFI event log, as 0.2.9's struct_filler
+does, and sends it, read from that path when asked for, base64 of the raw bytes, as context_info does.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from components import boot_log
 
 JSON_API = "application/vnd.api+json"
 API = "/v3.0"
@@ -133,6 +137,7 @@ class PushClient:
         port: int,
         ak_handle: int,
         tpm_send: Callable[[bytes], bytes],
+        uefi_log: Path | None = None,
     ):
         self.tpm = tpm
         self.workdir = workdir
@@ -144,6 +149,7 @@ class PushClient:
         self.context = ssl.create_default_context(cafile=str(ca_file))  # hostname checking on
         self.ak_handle = ak_handle
         self.tpm_send = tpm_send
+        self.uefi_log = uefi_log
         self.token: str | None = None
         self.timeout = HTTP_TIMEOUT
 
@@ -242,12 +248,40 @@ class PushClient:
                                     }
                                 ],
                             },
-                        }
+                        },
+                        *self.log_capabilities(),
                     ],
                     "system_info": {"boot_time": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()},
                 },
             }
         }
+
+    def log_capabilities(self) -> list[dict[str, Any]]:
+        """The uefi_log item 0.2.9 offers (evidence_version is its uefi_logs_evidence_version default)."""
+        if self.uefi_log is None:
+            return []
+        return [{
+            "evidence_class": "log",
+            "evidence_type": "uefi_log",
+            "capabilities": {
+                "evidence_version": "2.1",
+                "entry_count": len(boot_log.extends(self.uefi_log.read_bytes())),
+                "supports_partial_access": False,
+                "appendable": False,
+                "formats": ["application/octet-stream"],
+            },
+        }]
+
+    def evidence(self, item: dict[str, Any]) -> dict[str, Any]:
+        """One evidence_collected item for one evidence_requested item."""
+        if item["evidence_type"] == "uefi_log" and self.uefi_log is not None:
+            return {"evidence_class": "log", "evidence_type": "uefi_log",
+                    "data": {"entries": base64.b64encode(self.uefi_log.read_bytes()).decode()}}
+        if item["evidence_type"] != "tpm_quote":
+            raise ProtocolError(f"evidence {item['evidence_type']}", 0, "the agent offered no such evidence")
+        chosen = item["chosen_parameters"]
+        return {"evidence_class": "certification", "evidence_type": "tpm_quote",
+                "data": self.quote(base64.b64decode(chosen["challenge"]), chosen["selected_subjects"]["sha256"])}
 
     def quote(self, challenge: bytes, pcrs: list[int]) -> dict[str, str]:
         selection = "sha256:" + ",".join(map(str, pcrs))
@@ -321,18 +355,10 @@ class PushClient:
         if status != 201:
             raise ProtocolError("POST attestations", status, answer)
         requested = answer["data"]["attributes"]["evidence_requested"]
-        evidence = []
-        selected: list[int] = []
-        for item in requested:
-            chosen = item["chosen_parameters"]
-            selected = chosen["selected_subjects"]["sha256"]
-            evidence.append(
-                {
-                    "evidence_class": "certification",
-                    "evidence_type": "tpm_quote",
-                    "data": self.quote(base64.b64decode(chosen["challenge"]), selected),
-                }
-            )
+        # In the order and number the verifier asked for.
+        evidence = [self.evidence(item) for item in requested]
+        selected = [pcr for item in requested if item["evidence_type"] == "tpm_quote"
+                    for pcr in item["chosen_parameters"]["selected_subjects"]["sha256"]]
         status, headers, answer = self.request(
             "PATCH",
             f"/agents/{self.uuid}/attestations/latest",

@@ -6,18 +6,21 @@ piece starts on first use and `close()` stops what started, in reverse order.
 
 from __future__ import annotations
 
+import ctypes.util
 import itertools
 import json
 import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from components import boot_log
 from tools.offline import ProgramRun, run_program
 
 from .agent import AK_HANDLE, EmulatedAgent
@@ -58,8 +61,15 @@ def check_host(lab_bin: Path) -> None:
     tools = [f"{tool} (apt-get install {package})" for tool, package in HOST_TOOLS.items() if not shutil.which(tool)]
     if tools:
         raise LabUnavailable(f"the lab needs {', '.join(tools)}")
+    if ctypes.util.find_library("efivar") is None:
+        # keylime's measured-boot parser (and keylime-policy) decode device paths with it, through ctypes.
+        raise LabUnavailable("the lab needs libefivar.so.1 (apt-get install libefivar1)")
     if os.geteuid() != 0:
         raise LabUnavailable("the lab runs as root: it starts each process in a private mount namespace as the pod's user")
+
+
+class NoMeasuredBoot(ValueError):  # noqa: N818 (a state of the agent's pod, as `except NoMeasuredBoot` reads)
+    """An event log was given for an agent whose pod does not attest its boot."""
 
 
 class LabPki:
@@ -144,30 +154,42 @@ class Lab:
         lab_bin: Path,
         overrides: Mapping[str, object] | None = None,
         listen_address: str = DEFAULT_LISTEN_ADDRESS,
+        boot_log: bytes | None = None,
     ):
         """`listen_address`: the loopback address the servers listen on; another one than the default lets
-        this lab's servers run beside another lab's."""
+        this lab's servers run beside another lab's. `boot_log`: the event log the agent's TPM boots with, in
+        place of the one its pod declares."""
         check_host(lab_bin)
         self.stack, self.lab_bin, self.overrides = stack, lab_bin, dict(overrides or {})
         self.listen_address = listen_address
+        self.boot_log = boot_log
+        # Where this lab's agent nodes, pods and TPMs live; a view with another agent pod gets its own.
+        self.agent_dir = "agent"
         self._stops: list = []
         self._pods = itertools.count(1)
         # Where the pods' non-root users can reach what the lab writes (pytest's own tmp_path is private to root).
         self.root = reachable_temp_dir("keylime-lab-")
         self._stops.append(lambda: shutil.rmtree(self.root, ignore_errors=True))
 
-    def with_overrides(self, overrides: Mapping[str, object]) -> Lab:
-        """The same running lab (servers, PKI, agent) seen through the program evaluated with other config,
-        for config that changes only enrollment (such as tpmPolicy): refused if the servers would differ."""
+    def with_overrides(self, overrides: Mapping[str, object], new_agent_pod: bool = False) -> Lab:
+        """The same running lab (servers, PKI) seen through the program evaluated with other config, for config
+        that changes only enrollment (such as tpmPolicy), or with `new_agent_pod` also the agent's pod (such
+        as mbPolicy: its agents then come from the new pod); refused if the servers would differ."""
         other = object.__new__(Lab)
         other.__dict__.update(self.__dict__)
         other.overrides = {**self.overrides, **overrides}
-        other.__dict__.pop("program", None)
-        other.__dict__.pop("infra_cluster", None)
-        other.__dict__.pop("agent_cluster", None)
-        if other.infra_cluster.objects != self.infra_cluster.objects or other.agent_cluster.objects != self.agent_cluster.objects:
+        for derived in ("program", "infra_cluster", "agent_cluster"):
+            other.__dict__.pop(derived, None)
+        changed = other.agent_cluster.objects != self.agent_cluster.objects
+        if other.infra_cluster.objects != self.infra_cluster.objects or (changed and not new_agent_pod):
             raise ValueError(f"{dict(overrides)} changes what the servers or the agent run; start a new Lab for it")
-        other._stops = []  # what runs belongs to the lab it came from
+        if changed:
+            for derived in ("agent_pod", "agent_conf", "agent_ca", "agent_boot_log", "agent"):
+                other.__dict__.pop(derived, None)
+            agent_dir = Path(tempfile.mkdtemp(prefix="agent-", dir=self.root))
+            agent_dir.chmod(0o755)  # the pod's users traverse it
+            other.agent_dir = agent_dir.name
+        other._stops = self._stops  # what runs (the new pod's TPMs too) stops when the lab it came from closes
         return other
 
     def close(self) -> None:
@@ -201,7 +223,7 @@ class Lab:
     def node(self, name: str) -> Path:
         """A node of the first agent cluster, as its creator leaves it: the declared node-state Command's
         script run as root on it (if the program declares one), with the node's paths under the lab."""
-        node = self.root / "nodes" / name
+        node = self.root / self.agent_dir / "nodes" / name
         if node.exists():
             return node
         node.mkdir(parents=True)
@@ -222,7 +244,7 @@ class Lab:
     def agent_pod_on(self, node: str) -> Pod:
         """A new pod of the agent DaemonSet on `node`: fresh emptyDirs, the node's hostPaths as they are."""
         return Pod(
-            self.root / "pods" / f"{node}-{next(self._pods)}",
+            self.root / self.agent_dir / "pods" / f"{node}-{next(self._pods)}",
             self.agent_cluster,
             self.agent_cluster.pod_spec("DaemonSet", "keylime-agent"),
             self.pki.real,
@@ -248,8 +270,10 @@ class Lab:
     def new_agent(self, name: str) -> EmulatedAgent:
         """An agent pod on a node of its own (`name`): its TPM initialised and served as declared, with an EK
         and an AK in it. `lab.agent_pod_on(name)` gives the pod that replaces it (`agent.restart`)."""
+        if self.boot_log is not None:
+            self._install_boot_log(self.boot_log)
         pod = self.agent_pod if name == "agent" else self.agent_pod_on(name)
-        emulated = EmulatedAgent(pod, self.root / "agents" / name)
+        emulated = EmulatedAgent(pod, self.root / self.agent_dir / "agents" / name)
         self._stops.append(emulated.stop)
         emulated.start()
         emulated.create_identity()
@@ -273,9 +297,30 @@ class Lab:
         self.infra  # noqa: B018
         return self.listen_address, node_port_target(self.infra_cluster, urlsplit(self.agent_conf["verifier_url"]).port)
 
-    def push_client(self, agent: EmulatedAgent | FleetAgent) -> PushClient:
+    def _install_boot_log(self, log: bytes) -> None:
+        """Put `log` where the pod's agent reads its event log and its TPM sidecar the PCR extends of the boot."""
+        sidecar = next(c for c in self.agent_pod.spec.get("initContainers", []) if c.get("restartPolicy") == "Always")
+        extends = self.agent_pod.declared_env(sidecar["name"]).get("BOOT_LOG_EXTENDS")
+        if self.agent_boot_log is None or extends is None:
+            raise NoMeasuredBoot("the agent's pod measures no boot: an event log needs keylime-push:mbPolicy")
+        self.agent_boot_log.write_bytes(log)
+        lines = [f"{pcr}:sha256={digest}" for pcr, digest in boot_log.extends(log)]
+        self.agent_pod.path(sidecar["name"], extends).write_text("\n".join(lines) + "\n")
+
+    @cached_property
+    def agent_boot_log(self) -> Path | None:
+        """The UEFI event log the agent reads (agent.conf's measuredboot_ml_path), when its pod provides one."""
+        container = self.agent_pod.spec["containers"][0]["name"]
+        try:
+            path = self.agent_pod.path(container, self.agent_conf.get("measuredboot_ml_path", ""))
+        except ValueError:  # on no volume: the host's securityfs (the default), which the pod does not get
+            return None
+        return path if path.exists() else None
+
+    def push_client(self, agent: EmulatedAgent | FleetAgent, uefi_log: Path | None = None) -> PushClient:
         """The push protocol as the agent's agent.conf sets it up: its verifier URL (the certificate is
-        verified as that URL's host, against the CA file agent.conf names), reached on the listen address."""
+        verified as that URL's host, against the CA file agent.conf names), reached on the listen address, and
+        the UEFI event log it offers (`uefi_log`, or the one its pod provides)."""
         address, port = self.verifier_address
         return PushClient(
             tpm=agent.tpm,
@@ -287,6 +332,7 @@ class Lab:
             port=port,
             ak_handle=int(AK_HANDLE, 16),
             tpm_send=agent.send,
+            uefi_log=uefi_log or self.agent_boot_log,
         )
 
     def run_declared(self, resource_name: str, action: str = "create", **overrides: str) -> subprocess.CompletedProcess:
