@@ -23,7 +23,7 @@ from helpers import (
     settings_for,
 )
 
-from components import boot_log, keylime_conf
+from components import agent_workload, boot_log, keylime_conf
 from components.settings import NAMESPACE
 from tools.offline import run_program
 
@@ -145,7 +145,9 @@ def test_without_an_mb_policy_nothing_of_measured_boot_is_deployed(run):
         config_map, daemon_set, agent_conf = agent_parts(run(stack), cluster)
         assert "binaryData" not in config_map and "measuredboot_ml_path" not in agent_conf
         spec = pod_spec(daemon_set)
-        assert not any("hostPath" in volume for volume in spec["volumes"])
+        # The node's own state directories are hostPaths too; the boot log is not among them.
+        host_paths = [volume["hostPath"]["path"] for volume in spec["volumes"] if "hostPath" in volume]
+        assert host_paths and agent_workload.SECURITYFS_BOOT_LOG not in host_paths
         assert "boot-log" not in [c["name"] for c in all_containers(daemon_set)]
         assert all(c["command"][0] != "/bin/bash" or "swtpm-boot.sh" not in c["command"][1] for c in all_containers(daemon_set))
 
@@ -162,7 +164,7 @@ def test_the_vms_agent_reads_a_copy_made_by_an_init_step_with_no_user_0_and_no_c
     assert (security["runAsUser"], security["runAsGroup"], security["runAsNonRoot"]) == (490, 0, True)
     assert security["capabilities"] == {"drop": ["ALL"]} and security["allowPrivilegeEscalation"] is False
     assert security["readOnlyRootFilesystem"] is True and security["privileged"] is False
-    (host_path,) = [v for v in spec["volumes"] if "hostPath" in v]
+    (host_path,) = [v for v in spec["volumes"] if v.get("hostPath", {}).get("type") == "File"]
     assert host_path["hostPath"] == {"path": "/sys/kernel/security/tpm0/binary_bios_measurements", "type": "File"}
     mounting = [
         c["name"] for c in all_containers(daemon_set) for m in c.get("volumeMounts", []) if m["name"] == host_path["name"]

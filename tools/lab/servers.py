@@ -349,7 +349,8 @@ class KeylimeInfra:
         spec = self.exec_spec("tenant")
         ca, _, _ = self.client_tls_files("tenant")
         result = subprocess.run(
-            [*spec["argv"], "python", "-c", TENANT_BATCH.read_text(), TENANT_BATCH_RESULTS],
+            # The keylime virtualenv's interpreter where the tenant's namespace mounts it (`staging`).
+            [*spec["argv"], str(self.mounted_venv / "bin" / "python"), "-c", TENANT_BATCH.read_text(), TENANT_BATCH_RESULTS],
             input=json.dumps(commands),
             # requests would load certifi's bundle into the tenant's TLS context on every connection (30 ms
             # of CPU each, five connections an agent); the context holds the tenant's CA already.
