@@ -24,6 +24,7 @@ from .agent import AK_HANDLE, EmulatedAgent
 from .declared import Cluster, cluster, tls_declarations
 from .fleet import FleetAgent
 from .pod import Pod
+from .postgres import PostgresUnavailable, ThrowawayPostgres, server_bin
 from .push import PushClient
 from .servers import DEFAULT_LISTEN_ADDRESS, KeylimeInfra, write_json
 
@@ -120,12 +121,20 @@ def node_port_target(cluster_: Cluster, node_port: int) -> int:
 
 class Lab:
     def __init__(self, stack: str, lab_bin: Path, overrides: Mapping[str, object] | None = None,
-                 listen_address: str = DEFAULT_LISTEN_ADDRESS):
+                 listen_address: str = DEFAULT_LISTEN_ADDRESS, on_postgres: bool = False,
+                 server_options: Mapping[str, Mapping[str, object]] | None = None):
         """`listen_address`: the loopback address the servers listen on; another one than the default lets
-        this lab's servers run beside another lab's."""
+        this lab's servers run beside another lab's. `on_postgres`: registrar and verifier share a throwaway
+        PostgreSQL instead of their sqlite files. `server_options`: see `KeylimeInfra.start`."""
         check_host(lab_bin)
+        if on_postgres:
+            try:
+                server_bin()
+            except PostgresUnavailable as missing:
+                raise LabUnavailable(str(missing)) from None
         self.stack, self.lab_bin, self.overrides = stack, lab_bin, dict(overrides or {})
         self.listen_address = listen_address
+        self.on_postgres, self.server_options = on_postgres, {k: dict(v) for k, v in (server_options or {}).items()}
         self._stops: list = []
         # Traversable by the pods' non-root users (pytest's own tmp_path is private to root).
         self.root = Path(tempfile.mkdtemp(prefix="keylime-lab-"))
@@ -167,11 +176,22 @@ class Lab:
         return LabPki.issue(self.program, self.root / "pki", self.lab_bin)
 
     @cached_property
+    def postgres(self) -> ThrowawayPostgres:
+        """One database, `keylime`, for registrar and verifier (their schemas and migration tables differ)."""
+        database = ThrowawayPostgres(self.root / "postgres")
+        self._stops.append(database.stop)
+        database.start()
+        database.create_database("keylime")
+        return database
+
+    @cached_property
     def infra(self) -> KeylimeInfra:
         """The registrar and verifier, running; the tenant, runnable."""
-        servers = KeylimeInfra(self.root / "infra", self.lab_bin, self.infra_cluster, self.pki.real, self.listen_address)
+        database_url = self.postgres.url("keylime") if self.on_postgres else None
+        servers = KeylimeInfra(self.root / "infra", self.lab_bin, self.infra_cluster, self.pki.real, self.listen_address,
+                               database_url)
         self._stops.append(servers.stop)
-        servers.start()
+        servers.start(self.server_options)
         return servers
 
     @cached_property
@@ -222,10 +242,12 @@ class Lab:
         self.infra  # noqa: B018
         return self.listen_address, node_port_target(self.infra_cluster, urlsplit(self.agent_conf["verifier_url"]).port)
 
-    def push_client(self, agent: EmulatedAgent | FleetAgent) -> PushClient:
+    def push_client(self, agent: EmulatedAgent | FleetAgent, replica: int = 0) -> PushClient:
         """The push protocol as the agent's agent.conf sets it up: its verifier URL (the certificate is
-        verified as that URL's host, against the CA file agent.conf names), reached on the listen address."""
-        address, port = self.verifier_address
+        verified as that URL's host, against the CA file agent.conf names), reached at the verifier's pod
+        `replica` (where the Service's session affinity sends this agent; pod 0 is on the listen address)."""
+        _, port = self.verifier_address
+        address = self.infra.replica_address(replica)
         return PushClient(
             tpm=agent.tpm,
             workdir=agent.workdir,
