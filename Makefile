@@ -18,7 +18,7 @@ export PATH := $(BIN):$(PATH)
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
 
-.PHONY: setup swtpm hwtpm verify enroll renew clean test render preflight preview policy system-packages mb-policy vm-boot-log
+.PHONY: setup swtpm hwtpm verify enroll renew clean test render preflight preview policy system-packages mb-policy vm-boot-log bench
 
 # What the enrollment script needs, read from the stack's outputs (the kubeconfig never reaches the terminal).
 ENROLL_ENV = KUBECONFIG_DATA="$$(pulumi stack output infraKubeconfig --show-secrets --stack $(STACK))" \
@@ -128,6 +128,14 @@ renew: $(VENV)/.installed
 	pulumi refresh --stack $(STACK) --yes
 	replace="$$(pulumi stack export --stack $(STACK) | $(VENV)/bin/python -m tools.renewal)"; \
 	if [[ -n "$${replace}" ]]; then pulumi up --stack $(STACK) --yes $${replace}; else echo "no certificate is due"; fi
+
+# Attestations per second that one and two verifier processes sustain on PostgreSQL (README: Capacity).
+# Not part of `make test` (tests/lab/test_bench.py runs it briefly); runs in a private network namespace.
+BENCH_AGENTS ?= 8
+BENCH_SECONDS ?= 30
+bench: $(VENV)/.installed $(LAB_VENV)/.installed
+	unshare --net sh -c 'ip link set lo up && LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m tools.bench \
+	  --agents $(BENCH_AGENTS) --seconds $(BENCH_SECONDS) --json bench.json'
 
 render: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.render --stack $(STACK)

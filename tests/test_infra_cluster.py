@@ -82,11 +82,19 @@ def test_servers_are_non_root_with_limits_and_runtime_default_seccomp(swtpm, com
         assert container["imagePullPolicy"] == "IfNotPresent"
 
 
-def test_sqlite_state_is_on_a_claim_and_pods_are_replaced_not_overlapped(swtpm):
-    claims = {c.plain["metadata"]["name"] for c in kube_objects(swtpm, "PersistentVolumeClaim", "infra")}
+@pytest.mark.parametrize("stack", ["swtpm", "hwtpm"])
+def test_sqlite_state_is_on_a_claim_with_one_writer_and_pods_are_replaced_not_overlapped(request, stack):
+    """sqlite has one writer: one pod, and a rollout stops the old pod before the new one opens the file."""
+    program = request.getfixturevalue(stack)
+    claims = {c.plain["metadata"]["name"] for c in kube_objects(program, "PersistentVolumeClaim", "infra")}
     assert claims == {"keylime-registrar-data", "keylime-verifier-data"}
     for component in ("registrar", "verifier"):
-        workload = deployment(swtpm, component)
+        workload = deployment(program, component)
+        (config,) = kube_objects(program, "ConfigMap", "infra")
+        parsed = configparser.RawConfigParser()
+        parsed.read_string(config.plain["data"][f"{component}.conf"])
+        assert parsed[component]["database_url"].startswith("sqlite:///")
+        assert workload.plain["spec"]["replicas"] == 1
         assert workload.plain["spec"]["strategy"] == {"type": "Recreate"}
         data = next(v for v in pod_spec(workload)["volumes"] if v["name"] == "data")
         assert data["persistentVolumeClaim"]["claimName"] == f"keylime-{component}-data"

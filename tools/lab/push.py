@@ -126,6 +126,8 @@ class Outcome:
 
 
 class PushClient:
+    POP = {"authentication_class": "pop", "authentication_type": "tpm_pop"}
+
     def __init__(
         self,
         tpm: Callable[..., subprocess.CompletedProcess],
@@ -181,23 +183,29 @@ class PushClient:
         raise TpmError(TPM_RC_RETRY)
 
     def authenticate(self, tamper_challenge: bool = False) -> str:
-        pop = {"authentication_class": "pop", "authentication_type": "tpm_pop"}
+        session_id, challenge = self.begin_session()
+        if tamper_challenge:
+            challenge = bytes(b ^ 0xFF for b in challenge)
+        return self.complete_session(session_id, challenge)
+
+    def begin_session(self) -> tuple[str, bytes]:
+        """POST /sessions: the session's id and the challenge to certify the AK over."""
         status, headers, answer = self.request(
             "POST", "/sessions",
-            {"data": {"type": "session", "attributes": {"agent_id": self.uuid, "authentication_supported": [pop]}}},
+            {"data": {"type": "session", "attributes": {"agent_id": self.uuid, "authentication_supported": [self.POP]}}},
             auth=False,
         )
         if status not in (200, 201):
             retry_after = headers.get("Retry-After")
             raise ProtocolError("POST /sessions", status, answer, float(retry_after) if retry_after else None)
-        session_id = answer["data"]["id"]
         requested = answer["data"]["attributes"]["authentication_requested"][0]
-        challenge = base64.b64decode(requested["chosen_parameters"]["challenge"])
-        if tamper_challenge:
-            challenge = bytes(b ^ 0xFF for b in challenge)
+        return answer["data"]["id"], base64.b64decode(requested["chosen_parameters"]["challenge"])
+
+    def complete_session(self, session_id: str, challenge: bytes) -> str:
+        """PATCH /sessions/{id} with TPM2_Certify of the AK over `challenge`: the bearer token."""
         attest, signature = self.certify(challenge)
         signed = {"message": base64.b64encode(attest).decode(), "signature": base64.b64encode(signature).decode()}
-        provided = {**pop, "data": signed}
+        provided = {**self.POP, "data": signed}
         status, _, answer = self.request(
             "PATCH",
             f"/sessions/{session_id}",

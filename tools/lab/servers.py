@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -139,10 +140,15 @@ class KeylimeInfra:
     """Registrar, verifier and tenant as the infra cluster declares them, under `root`."""
 
     def __init__(self, root: Path, lab_bin: Path, cluster: Cluster, secret_value: Callable[[str], str],
-                 listen_address: str = DEFAULT_LISTEN_ADDRESS):
-        """`listen_address`: another loopback address lets a second set of servers run beside the first."""
+                 listen_address: str = DEFAULT_LISTEN_ADDRESS, database_url: str | None = None):
+        """`listen_address`: where the first pod of each server listens and the Services' names resolve
+        (another loopback address lets a second set of servers run beside the first); further pods listen
+        on the addresses after it. `database_url`: a real database for registrar and verifier (the lab's
+        throwaway PostgreSQL) in place of the declared one; by default the declared sqlite file, on the
+        pod's volume."""
         self.root, self.lab_bin, self.cluster = root, lab_bin, cluster
         self.listen_address = listen_address
+        self.database_url = database_url
         self.option_overrides: dict[str, dict[str, str]] = {}
         self.pods: dict[str, Pod] = {}
         self.configs: dict[str, Path] = {}
@@ -199,17 +205,19 @@ class KeylimeInfra:
             local.mkdir(parents=True, exist_ok=True)
             return str(local)
 
-        def sqlite(url: str) -> str:
+        def database(url: str) -> str:
+            if self.database_url is not None:
+                return self.database_url
             prefix = "sqlite:///"
             if not url.startswith(prefix):
-                raise ValueError(f"{component}: the lab runs sqlite only, the config says {url}")
+                raise ValueError(f"{component}: the config says {url}; give the lab a database_url to run it on")
             return prefix + on_volume(url[len(prefix):])
 
         rewrite: dict[str, Callable[[str], str]] = {"tls_dir": on_volume}
         if "ip" in present:
             rewrite["ip"] = lambda _: self.listen_address
         if "database_url" in present:
-            rewrite["database_url"] = sqlite
+            rewrite["database_url"] = database
         if "tpm_cert_store" in present:
             rewrite["tpm_cert_store"] = in_image
         text = rewrite_options(text, rewrite)
@@ -230,11 +238,12 @@ class KeylimeInfra:
             **self.option_overrides.get(component, {}),
         }
 
-    def exec_spec(self, component: str) -> dict[str, Any]:
-        """How to run a command in the component's container: argv prefix, environment, working directory."""
+    def exec_spec(self, component: str, run: Path | None = None) -> dict[str, Any]:
+        """How to run a command in the component's container (its pod's /run by default): argv prefix,
+        environment, working directory."""
         pod = self.pods[component]
         prefix = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", NAMESPACE_SCRIPT, "lab-pod",
-                  str(self.hosts), str(self.run_dirs[component]), str(self.lab_bin.parent), str(self.mounted_venv)]
+                  str(self.hosts), str(run or self.run_dirs[component]), str(self.lab_bin.parent), str(self.mounted_venv)]
         env = self.env(component)
         return {"argv": [*prefix, *pod.as_user(component, [])], "env": env, "cwd": env["KEYLIME_DIR"]}
 
@@ -250,8 +259,9 @@ class KeylimeInfra:
         ports = self.pods[component].container(component).get("ports", [])
         return next(port["containerPort"] for port in ports if port["name"] == name)
 
-    def log(self, component: str) -> Path:
-        return self.root / f"{component}.log"
+    def log(self, name: str) -> Path:
+        """A server's output: `registrar`, `verifier` or a replica's name."""
+        return self.root / f"{name}.log"
 
     # --- servers --------------------------------------------------------------------------------
 
@@ -259,59 +269,114 @@ class KeylimeInfra:
         return [port["containerPort"] for port in self.pods[component].container(component).get("ports", [])]
 
     def start(self, option_overrides: dict[str, dict[str, object]] | None = None) -> None:
-        """Start the registrar and the verifier; `option_overrides` ({component: {option: value}}) reach
-        keylime as KEYLIME_<COMPONENT>_<OPTION> variables, which take precedence over its config file."""
+        """One registrar and one verifier, as the declared Deployments' first pods; `option_overrides`
+        ({component: {option: value}}) reach keylime, in these and in every further pod, as
+        KEYLIME_<COMPONENT>_<OPTION> variables, which take precedence over its config file."""
         self.option_overrides = {
             component: {f"KEYLIME_{component.upper()}_{option.upper()}": str(value) for option, value in options.items()}
             for component, options in (option_overrides or {}).items()
         }
-        # Readiness is a TCP connect: a port some other process holds would look ready.
         for component in SERVERS:
-            for port in self.ports(component):
-                with socket.socket() as probe:
-                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is fine
-                    try:
-                        probe.bind((self.listen_address, port))
-                    except OSError as error:
-                        raise RuntimeError(f"{self.listen_address}:{port}, which keylime_{component} listens on, is taken "
-                                           f"by another process ({error}); stop it and rerun") from None
+            self._check_free(self.listen_address, component)
         for component in SERVERS:
-            spec = self.exec_spec(component)
-            with self.log(component).open("wb") as log:
-                self.processes[component] = subprocess.Popen(
-                    [*spec["argv"], f"keylime_{component}"],
-                    env=spec["env"],
-                    cwd=spec["cwd"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group: the parent ignores SIGTERM, the group does not
-                )
+            self.processes[component] = self._spawn(component, component, self.listen_address, self.run_dirs[component])
         for component in SERVERS:
-            self._wait_ready(component)
+            self._wait_ready(component, self.listen_address)
 
-    def _wait_ready(self, component: str) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
+    def start_replica(self, component: str, replica: int, env: dict[str, str] | None = None,
+                      cpus: str | None = None) -> str:
+        """Another pod of a server's Deployment: same config and database, its own address (the lab's address
+        + replica, as a pod has its own IP), its own /run (keylime's shared memory is per pod). `env` overrides options
+        as keylime reads them (KEYLIME_VERIFIER_MAX_WORKERS=1 ...); `cpus` pins it (taskset's list form).
+        Returns its name, `<component>-<replica>`."""
+        name = self.spawn_replica(component, replica, env, cpus)
+        self._wait_ready(name, self.replica_address(replica), component)
+        return name
+
+    def spawn_replica(self, component: str, replica: int, env: dict[str, str] | None = None, cpus: str | None = None) -> str:
+        """`start_replica` without waiting for it to listen (pods of a Deployment start together)."""
+        name, address = f"{component}-{replica}", self.replica_address(replica)
+        self._check_free(address, component)
+        run = self.root / component / f"image-run-{replica}"
+        shutil.rmtree(run, ignore_errors=True)  # a new pod: a new emptyDir at /run
+        run.mkdir()
+        uid, gid, _ = self.pods[component].user(component)
+        os.chown(run, uid, gid)
+        listen = {f"KEYLIME_{component.upper()}_IP": address, **(env or {})}
+        self.processes[name] = self._spawn(name, component, address, run, listen, cpus)
+        return name
+
+    def listening(self, name: str, address: str, component: str) -> bool:
+        """Whether the server accepts connections on every port its Deployment declares."""
         for port in self.ports(component):
-            while True:
-                if self.processes[component].poll() is not None:
-                    raise RuntimeError(f"keylime_{component} exited:\n{self.tail(component)}")
+            try:
+                socket.create_connection((address, port), timeout=1).close()
+            except OSError:
+                return False
+        return True
+
+    def replica_address(self, replica: int) -> str:
+        return str(ipaddress.IPv4Address(self.listen_address) + replica)
+
+    def _check_free(self, address: str, component: str) -> None:
+        # Readiness is a TCP connect: a port some other process holds would look ready.
+        for port in self.ports(component):
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is fine
                 try:
-                    socket.create_connection((self.listen_address, port), timeout=1).close()
+                    probe.bind((address, port))
+                except OSError as error:
+                    raise RuntimeError(
+                        f"{address}:{port}, which keylime_{component} listens on, is taken "
+                        f"by another process ({error}); stop it and rerun"
+                    ) from None
+
+    def _spawn(
+        self, name: str, component: str, address: str, run: Path, env: dict[str, str] | None = None, cpus: str | None = None
+    ) -> subprocess.Popen:
+        spec = self.exec_spec(component, run)
+        pin = ["taskset", "--cpu-list", cpus] if cpus else []
+        with self.log(name).open("wb") as log:
+            return subprocess.Popen(
+                [*pin, *spec["argv"], f"keylime_{component}"],
+                env={**spec["env"], **(env or {})},
+                cwd=spec["cwd"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: the parent ignores SIGTERM, the group does not
+            )
+
+    def _wait_ready(self, name: str, address: str, component: str | None = None) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        for port in self.ports(component or name):
+            while True:
+                if self.processes[name].poll() is not None:
+                    raise RuntimeError(f"keylime {name} exited:\n{self.tail(name)}")
+                try:
+                    socket.create_connection((address, port), timeout=1).close()
                     break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"keylime_{component} not listening on {port}:\n{self.tail(component)}") from None
+                        raise RuntimeError(f"keylime {name} not listening on {address}:{port}:\n{self.tail(name)}") from None
                     time.sleep(0.1)
 
-    def tail(self, component: str, lines: int = 40) -> str:
-        log = self.log(component)
+    def tail(self, name: str, lines: int = 40) -> str:
+        log = self.log(name)
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
+
+    def kill(self, name: str) -> None:
+        """A pod lost at once (node failure, OOM kill): SIGKILL to every process of the server, no shutdown."""
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        while processes_in_group(process.pid):
+            time.sleep(0.1)
+        process.wait(timeout=STOP_TIMEOUT)
 
     def stop(self) -> list[str]:
         """Stop every server's whole process group; returns what had to be killed."""
         killed = []
-        for component, process in self.processes.items():
+        for name, process in self.processes.items():
             pgid = process.pid
             try:
                 os.killpg(pgid, signal.SIGTERM)
@@ -321,7 +386,7 @@ class KeylimeInfra:
             while processes_in_group(pgid) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if processes_in_group(pgid):
-                killed.append(component)
+                killed.append(name)
                 os.killpg(pgid, signal.SIGKILL)
                 while processes_in_group(pgid):
                     time.sleep(0.1)
@@ -365,7 +430,7 @@ class KeylimeInfra:
         marker = result.stdout.rfind(TENANT_BATCH_RESULTS)
         if result.returncode != 0 or marker < 0:
             raise RuntimeError(f"tenant_batch.py failed ({result.returncode}):\n{output[-4000:]}")
-        return json.loads(result.stdout[marker + len(TENANT_BATCH_RESULTS):]), output
+        return json.loads(result.stdout[marker + len(TENANT_BATCH_RESULTS) :]), output
 
     def client_tls_files(self, component: str) -> tuple[Path, Path, Path]:
         """(CA, client certificate, client key) the component's config makes it use as a TLS client."""

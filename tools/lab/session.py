@@ -27,6 +27,7 @@ from .agent import AK_HANDLE, EmulatedAgent
 from .declared import Cluster, cluster, tls_declarations
 from .fleet import FleetAgent
 from .pod import Pod
+from .postgres import PostgresUnavailable, ThrowawayPostgres, server_bin
 from .push import PushClient
 from .servers import DEFAULT_LISTEN_ADDRESS, KeylimeInfra, write_json
 from .staging import reachable_temp_dir
@@ -155,16 +156,25 @@ class Lab:
         overrides: Mapping[str, object] | None = None,
         listen_address: str = DEFAULT_LISTEN_ADDRESS,
         boot_log: bytes | None = None,
+        on_postgres: bool = False,
+        server_options: Mapping[str, Mapping[str, object]] | None = None,
     ):
         """`listen_address`: the loopback address the servers listen on; another one than the default lets
         this lab's servers run beside another lab's. `boot_log`: the event log the agent's TPM boots with, in
-        place of the one its pod declares."""
+        place of the one its pod declares. `on_postgres`: registrar and verifier share a throwaway PostgreSQL
+        instead of their sqlite files. `server_options`: see `KeylimeInfra.start`."""
         check_host(lab_bin)
+        if on_postgres:
+            try:
+                server_bin()
+            except PostgresUnavailable as missing:
+                raise LabUnavailable(str(missing)) from None
         self.stack, self.lab_bin, self.overrides = stack, lab_bin, dict(overrides or {})
         self.listen_address = listen_address
         self.boot_log = boot_log
         # Where this lab's agent nodes, pods and TPMs live; a view with another agent pod gets its own.
         self.agent_dir = "agent"
+        self.on_postgres, self.server_options = on_postgres, {k: dict(v) for k, v in (server_options or {}).items()}
         self._stops: list = []
         self._pods = itertools.count(1)
         # Where the pods' non-root users can reach what the lab writes (pytest's own tmp_path is private to root).
@@ -213,11 +223,22 @@ class Lab:
         return LabPki.issue(self.program, self.root / "pki", self.lab_bin)
 
     @cached_property
+    def postgres(self) -> ThrowawayPostgres:
+        """One database, `keylime`, for registrar and verifier (their schemas and migration tables differ)."""
+        database = ThrowawayPostgres(self.root / "postgres")
+        self._stops.append(database.stop)
+        database.start()
+        database.create_database("keylime")
+        return database
+
+    @cached_property
     def infra(self) -> KeylimeInfra:
         """The registrar and verifier, running; the tenant, runnable."""
-        servers = KeylimeInfra(self.root / "infra", self.lab_bin, self.infra_cluster, self.pki.real, self.listen_address)
+        database_url = self.postgres.url("keylime") if self.on_postgres else None
+        servers = KeylimeInfra(self.root / "infra", self.lab_bin, self.infra_cluster, self.pki.real, self.listen_address,
+                               database_url)
         self._stops.append(servers.stop)
-        servers.start()
+        servers.start(self.server_options)
         return servers
 
     def node(self, name: str) -> Path:
@@ -317,11 +338,13 @@ class Lab:
             return None
         return path if path.exists() else None
 
-    def push_client(self, agent: EmulatedAgent | FleetAgent, uefi_log: Path | None = None) -> PushClient:
+    def push_client(self, agent: EmulatedAgent | FleetAgent, uefi_log: Path | None = None, replica: int = 0) -> PushClient:
         """The push protocol as the agent's agent.conf sets it up: its verifier URL (the certificate is
-        verified as that URL's host, against the CA file agent.conf names), reached on the listen address, and
+        verified as that URL's host, against the CA file agent.conf names), reached at the verifier's pod
+        `replica` (where the Service's session affinity sends this agent; pod 0 is on the listen address), and
         the UEFI event log it offers (`uefi_log`, or the one its pod provides)."""
-        address, port = self.verifier_address
+        _, port = self.verifier_address
+        address = self.infra.replica_address(replica)
         return PushClient(
             tpm=agent.tpm,
             workdir=agent.workdir,
