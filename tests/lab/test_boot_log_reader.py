@@ -32,8 +32,14 @@ def pod(synthetic_refstate) -> Pod:
     securityfs.write_bytes(LOG)
     os.chown(securityfs, 0, 0)
     securityfs.chmod(0o440)
-    yield Pod(root / "pod", vm_cluster, vm_cluster.pod_spec("DaemonSet", "keylime-agent"),
-              host_paths={SECURITYFS_LOG: securityfs})
+    spec = vm_cluster.pod_spec("DaemonSet", "keylime-agent")
+    # The node's own state directories, as the node-state step leaves them (they exist; what is in them
+    # does not matter here).
+    node = root / "node"
+    for volume in spec["volumes"]:
+        if volume.get("hostPath", {}).get("type") == "Directory":
+            (node / volume["hostPath"]["path"].lstrip("/")).mkdir(parents=True)
+    yield Pod(root / "pod", vm_cluster, spec, node=node, host_paths={SECURITYFS_LOG: securityfs})
     subprocess.run(["rm", "-rf", str(root)], check=True)
 
 
@@ -48,7 +54,8 @@ def agent_log_path(pod: Pod) -> Path:
 
 
 def test_the_agents_own_user_cannot_read_the_event_log_where_the_kernel_puts_it(pod):
-    result = run_as(pod, "agent", ["cat", str(pod.volumes[next(v["name"] for v in pod.spec["volumes"] if "hostPath" in v)])])
+    (log_volume,) = [v["name"] for v in pod.spec["volumes"] if v.get("hostPath", {}).get("path") == SECURITYFS_LOG]
+    result = run_as(pod, "agent", ["cat", str(pod.volumes[log_volume])])
     assert result.returncode != 0 and b"Permission denied" in result.stderr
 
 
