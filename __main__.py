@@ -13,7 +13,7 @@ from components.agent_cluster import AgentCluster, AgentClusterArgs
 from components.agent_workload import AgentHost, AgentPodArgs
 from components.endpoints import SERVERS, agent_cluster_name, dial, host_port_address, infra_cluster_name, server_sans
 from components.enrollment import Enrollment, EnrollmentArgs
-from components.images import SERVER_COMPONENTS, KeylimeImages, KeylimeImagesArgs, LocalClones
+from components.images import CONTROLLER, SERVER_COMPONENTS, KeylimeImages, KeylimeImagesArgs, LocalClones
 from components.infra_cluster import InfraCluster, InfraClusterArgs
 from components.keylime_conf import agent_count
 from components.pki import KeylimePki, KeylimePkiArgs
@@ -90,7 +90,7 @@ infra = InfraCluster(
     InfraClusterArgs(
         cluster_name=infra_cluster_name(settings),
         owner=cluster_owner,
-        images={component: images.image(component) for component in SERVER_COMPONENTS},
+        images={component: images.image(component) for component in (*SERVER_COMPONENTS, CONTROLLER)},
         configs={
             "registrar": keylime_conf.registrar_conf(settings),
             "verifier": keylime_conf.verifier_conf(settings),

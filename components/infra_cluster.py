@@ -34,7 +34,7 @@ class InfraClusterArgs:
     owner: str
     """The stack that owns the Kind cluster (see KindClusterArgs)."""
     images: dict[str, BuiltImage]
-    """The registrar, verifier and tenant images."""
+    """The registrar, verifier and tenant images, and every other image the cluster runs: all are kind-loaded."""
     configs: dict[str, str]
     """Each server's rendered keylime configuration: registrar.conf, verifier.conf, tenant.conf."""
     ca_cert_pem: pulumi.Input[str]
@@ -69,7 +69,7 @@ class InfraCluster(pulumi.ComponentResource):
             KindClusterArgs(
                 cluster_name=args.cluster_name,
                 owner=args.owner,
-                images=[args.images[component] for component in SERVER_COMPONENTS],
+                images=list(args.images.values()),
                 # Published on the host too: for the operator (swtpm), for the VM on its libvirt network (hwtpm).
                 host_ports=(args.registrar_node_port, args.registrar_tls_node_port, args.verifier_node_port),
                 listen_address=args.listen_address,
