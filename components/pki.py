@@ -28,9 +28,10 @@ CA_USES = ["cert_signing", "crl_signing", "digital_signature"]
 SERVER_USES = ["digital_signature", "server_auth"]
 CLIENT_USES = ["digital_signature", "client_auth"]
 
-# Admin clients authenticate to the servers with mTLS: the tenant, and the verifier when it asks the
-# registrar for an agent's keys. Agents need no client certificate (they use PoP tokens).
-CLIENTS = ("tenant", "verifier-client")
+# Admin clients authenticate to the servers with mTLS: the tenant, the verifier when it asks the
+# registrar for an agent's keys, and the attestation controller (it enrolls and removes agents).
+# Agents need no client certificate (they use PoP tokens).
+CLIENTS = ("tenant", "verifier-client", "attestation-controller")
 
 
 @dataclasses.dataclass
