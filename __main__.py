@@ -1,6 +1,7 @@
 """keylime-push: Keylime push-model attestation on Kind clusters (swtpm) or a vTPM VM (hwtpm).
 
-    settings -> PKI + images (start at once) -> infra cluster | agent clusters (in parallel) -> enrollment
+    settings -> PKI + images (start at once) -> infra cluster | agent clusters (in parallel)
+             -> attestation controller (reconciles after `up`) | enrollment (the deploy-time Command)
 """
 
 import pulumi
@@ -11,6 +12,7 @@ import pulumi_tls as tls
 from components import keylime_conf
 from components.agent_cluster import AgentCluster, AgentClusterArgs
 from components.agent_workload import AgentHost, AgentPodArgs
+from components.attestation_controller import AttestationController, AttestationControllerArgs, WatchedCluster
 from components.endpoints import SERVERS, agent_cluster_name, dial, host_port_address, infra_cluster_name, server_sans
 from components.enrollment import Enrollment, EnrollmentArgs
 from components.images import CONTROLLER, SERVER_COMPONENTS, KeylimeImages, KeylimeImagesArgs, LocalClones
@@ -111,6 +113,35 @@ infra = InfraCluster(
         listen_address_from=[host.network for host in agent_hosts if isinstance(host, VtpmVm)],
     ),
     local,
+)
+
+controller = AttestationController(
+    "controller",
+    AttestationControllerArgs(
+        image=images.image(CONTROLLER).ref,
+        infra_provider=infra.kind.provider,
+        infra_ready=[infra.namespace, infra.kind.images_loaded],
+        infra_cluster=infra.kind.cluster,
+        registrar_url=dial(settings, "controller", "registrar").url,
+        verifier_url=dial(settings, "controller", "verifier").url,
+        ca_cert_pem=pki.ca_cert_pem,
+        client_cert=pki.clients["attestation-controller"],
+        tpm_policy_json=settings.tpm_policy_json,
+        clusters=[
+            WatchedCluster(
+                name=host.host_name,
+                api_server=host.api_server,
+                provider=host.provider,
+                agent_namespace_ready=host.daemon_set,
+                deleted_with=host.machine,
+            )
+            for host in agent_hosts
+        ],
+        uid=settings.agent_uid,
+        gid=settings.agent_gid,
+        taint_effect=settings.taint_effect,
+        prometheus_operator=settings.prometheus_operator,
+    ),
 )
 
 enrollment = Enrollment(

@@ -11,6 +11,9 @@ from components.agent_workload import AgentPodArgs, declare_agent_workload, node
 from components.kind_cluster import KindCluster, KindClusterArgs, NodeState
 
 
+KIND_API_SERVER_PORT = 6443
+
+
 @dataclasses.dataclass
 class AgentClusterArgs:
     cluster_name: str
@@ -26,6 +29,9 @@ class AgentCluster(pulumi.ComponentResource):
     host_name: str
     identity: pulumi.Output[str]
     daemon_set: k8s.apps.v1.DaemonSet
+    provider: k8s.Provider
+    api_server: str
+    machine: pulumi.Resource
 
     def __init__(self, name: str, args: AgentClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:agents:AgentCluster", name, None, opts)
@@ -42,6 +48,11 @@ class AgentCluster(pulumi.ComponentResource):
             pulumi.ResourceOptions(parent=self),
         )
         self.identity = self.kind.cluster.id
+        self.provider = self.kind.provider
+        self.machine = self.kind.cluster
+        # Every Kind node is on the `kind` Docker network under its container's name, which kubeadm puts in the
+        # API server's certificate: what `kind get kubeconfig --internal` dials.
+        self.api_server = f"https://{self.host_name}-control-plane:{KIND_API_SERVER_PORT}"
         self.daemon_set = declare_agent_workload(
             name,
             args.agent,

@@ -66,6 +66,12 @@ class AgentHost(Protocol):
     identity: pulumi.Output[str]
     """Changes when the host is replaced, which means new agents (new TPMs) to enroll."""
     daemon_set: k8s.apps.v1.DaemonSet
+    provider: k8s.Provider
+    """The host's own Kubernetes provider (admin credentials, used by the program only)."""
+    api_server: str
+    """Its API server's URL as a pod of the infra cluster dials it (the attestation controller)."""
+    machine: pulumi.Resource
+    """What the host's Kubernetes lives on: objects declared there go when it goes."""
 
 
 @dataclasses.dataclass

@@ -58,6 +58,7 @@ class InfraClusterArgs:
 class InfraCluster(pulumi.ComponentResource):
     cluster_name: str
     kind: KindCluster
+    namespace: k8s.core.v1.Namespace
     tenant: k8s.apps.v1.Deployment
     workloads: list[pulumi.Resource]
 
@@ -81,8 +82,8 @@ class InfraCluster(pulumi.ComponentResource):
         on_cluster = pulumi.ResourceOptions(
             parent=self, provider=self.kind.provider, deleted_with=self.kind.cluster, depends_on=[self.kind.images_loaded]
         )
-        namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=on_cluster)
-        in_namespace = pulumi.ResourceOptions.merge(on_cluster, pulumi.ResourceOptions(depends_on=[namespace]))
+        self.namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=on_cluster)
+        in_namespace = pulumi.ResourceOptions.merge(on_cluster, pulumi.ResourceOptions(depends_on=[self.namespace]))
 
         config_files = {f"{component}.conf": args.configs[component] for component in SERVER_COMPONENTS}
         k8s.core.v1.ConfigMap(f"{name}-config", metadata=_metadata(CONFIG_MAP, "config"), data=config_files, opts=in_namespace)

@@ -29,6 +29,8 @@ NAMESPACE = "keylime-push"
 TpmMode = Literal["swtpm", "hwtpm"]
 ImageSource = Literal["upstream", "local"]
 TPM_MODES: tuple[TpmMode, ...] = ("swtpm", "hwtpm")
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+TAINT_EFFECTS: tuple[TaintEffect, ...] = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 IMAGE_SOURCES: tuple[ImageSource, ...] = ("upstream", "local")
 PulumiType = Literal["string", "integer", "boolean", "array"]
 
@@ -248,6 +250,18 @@ class Settings(BaseModel):
         alias="requireEkCert",
         description="Tenant refuses agents whose EK certificate it cannot verify. Stack files set it: false for "
         "swtpm, true for hwtpm.",
+    )
+    taint_effect: Annotated[TaintEffect, Key(" | ".join(TAINT_EFFECTS), _choice(TAINT_EFFECTS))] = Field(
+        "NoSchedule",
+        alias="taintEffect",
+        description="Effect of the attestation controller's taint attestation.keylime.dev/untrusted on a node whose "
+        "agent is FAIL, TIMEOUT or refused: NoSchedule | PreferNoSchedule | NoExecute (evicts what does not tolerate it).",
+    )
+    prometheus_operator: Annotated[bool, Key("true | false", _boolean, "boolean")] = Field(
+        False,
+        alias="prometheusOperator",
+        description="The infra cluster has the Prometheus Operator's CRDs: declare the controller's ServiceMonitor and "
+        "its alerts (PrometheusRule).",
     )
     keylime_version: Annotated[str, Key(VERSION_ALLOWED, _version)] = Field(
         "7.14.3", alias="keylimeVersion", description="Keylime server release (image tag v<version>)."

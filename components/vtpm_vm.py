@@ -25,6 +25,8 @@ STORAGE_POOL = "default"
 ROOT_DISK_BYTES = 20 * 1024**3
 SCRIPTS = Path(__file__).with_name("scripts")
 LOAD_SCRIPT = "components/scripts/vm-load-images.sh"
+# kubeadm's API server port on the VM's own address (which its certificate carries).
+KUBEADM_API_SERVER_PORT = 6443
 DEVICE_PLUGIN_IMAGE = "ghcr.io/squat/generic-device-plugin:0.1.0"
 DEVICE_PLUGIN_LABELS = {"app.kubernetes.io/name": "generic-device-plugin"}
 PRIVILEGED = (
@@ -55,6 +57,8 @@ class VtpmVm(pulumi.ComponentResource):
     domain: libvirt.Domain
     provider: k8s.Provider
     daemon_set: k8s.apps.v1.DaemonSet
+    api_server: str
+    machine: pulumi.Resource
 
     def __init__(self, name: str, args: VtpmVmArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:vm:VtpmVm", name, None, opts)
@@ -130,6 +134,8 @@ class VtpmVm(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(on_libvirt, pulumi.ResourceOptions(delete_before_replace=True)),
         )
         self.identity = self.domain.id
+        self.machine = self.domain
+        self.api_server = f"https://{address}:{KUBEADM_API_SERVER_PORT}"
 
         connection = command.remote.ConnectionArgs(
             host=address,

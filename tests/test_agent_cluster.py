@@ -178,7 +178,7 @@ def test_alone_the_agent_host_is_the_cluster_its_identity_and_its_daemon_set(age
 @pytest.mark.parametrize("host", [AgentCluster, VtpmVm])
 def test_every_agent_host_declares_the_agent_host_members_with_their_types(host):
     wanted = inspect.get_annotations(AgentHost, eval_str=True)
-    assert set(wanted) == {"host_name", "identity", "daemon_set"}
+    assert set(wanted) == {"host_name", "identity", "daemon_set", "provider", "api_server", "machine"}
     hints = inspect.get_annotations(host, eval_str=True)
     assert {name: hints.get(name) for name in wanted} == wanted
 
