@@ -1,7 +1,7 @@
 """keylime-push: Keylime push-model attestation on Kind clusters (swtpm) or a vTPM VM (hwtpm).
 
     settings -> PKI + images (start at once) -> infra cluster | agent clusters (in parallel)
-             -> attestation controller (reconciles after `up`) | enrollment (the deploy-time Command)
+             -> enrollment (the deploy-time Command) -> attestation controller (carries it on after `up`)
 """
 
 import pulumi
@@ -115,12 +115,27 @@ infra = InfraCluster(
     local,
 )
 
+enrollment = Enrollment(
+    "enrollment",
+    EnrollmentArgs(
+        tpm_policy_json=settings.tpm_policy_json,
+        expected_agents=agent_count(settings),
+        infra_kubeconfig=infra.kind.kubeconfig,
+        cluster_ids=[infra.kind.cluster.id, *(host.identity for host in agent_hosts)],
+        ready=[*infra.workloads, *(host.daemon_set for host in agent_hosts)],
+    ),
+    local,
+)
+
 controller = AttestationController(
     "controller",
     AttestationControllerArgs(
         image=images.image(CONTROLLER).ref,
         infra_provider=infra.kind.provider,
-        infra_ready=[infra.namespace, infra.kind.images_loaded],
+        # It takes over from the deploy-time enrollment: on a new policy, enroll.py re-enrolls first and the
+        # controller reads the new policy only then, so the two never act on the same agent at once. It does not
+        # wait for the verification: a node that fails it is exactly one the controller must gate.
+        infra_ready=[infra.namespace, infra.kind.images_loaded, enrollment.enroll],
         infra_cluster=infra.kind.cluster,
         registrar_url=dial(settings, "controller", "registrar").url,
         verifier_url=dial(settings, "controller", "verifier").url,
@@ -142,18 +157,6 @@ controller = AttestationController(
         taint_effect=settings.taint_effect,
         prometheus_operator=settings.prometheus_operator,
     ),
-)
-
-enrollment = Enrollment(
-    "enrollment",
-    EnrollmentArgs(
-        tpm_policy_json=settings.tpm_policy_json,
-        expected_agents=agent_count(settings),
-        infra_kubeconfig=infra.kind.kubeconfig,
-        cluster_ids=[infra.kind.cluster.id, *(host.identity for host in agent_hosts)],
-        ready=[*infra.workloads, *(host.daemon_set for host in agent_hosts)],
-    ),
-    local,
 )
 
 pulumi.export("tpmMode", settings.tpm_mode)

@@ -80,7 +80,8 @@ class AttestationControllerArgs:
     image: str
     infra_provider: k8s.Provider
     infra_ready: list[pulumi.Resource]
-    """The keylime namespace and the loaded images of the infra cluster."""
+    """What the controller's infra objects wait for: the keylime namespace, the loaded images, and whatever must
+    have acted before the controller does (the deploy-time enrollment)."""
     infra_cluster: pulumi.Resource
     registrar_url: str
     verifier_url: str

@@ -303,3 +303,14 @@ def test_the_controller_does_not_lengthen_or_join_the_agent_clusters_path(run):
                 waited = {d.split("::")[-1] for d in graph.all_waits(resource.urn)}
                 assert not any(w.startswith("infra-") for w in waited), resource.name
                 assert not any(w.startswith("agents-") and w.split("-")[1] != own for w in waited), resource.name
+
+
+def test_the_controller_acts_only_after_the_deploy_time_enrollment_and_does_not_wait_for_its_verdict(swtpm):
+    graph = Graph(swtpm)
+    enroll, verify = swtpm.named("enrollment-enroll").urn, swtpm.named("enrollment-verify").urn
+    for name in ("controller-deployment", "controller-policy", "controller-clusters"):
+        waits = graph.all_waits(swtpm.named(name).urn)
+        assert enroll in waits and verify not in waits, name
+    for resource in swtpm.resources:
+        if resource.name.startswith("controller-keylime-agents-"):
+            assert enroll not in graph.all_waits(resource.urn), resource.name
