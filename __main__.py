@@ -35,7 +35,10 @@ local_and_tls = pulumi.ResourceOptions(providers=[command_provider, docker_provi
 
 pki = KeylimePki(
     "pki",
-    KeylimePkiArgs(server_sans={server: server_sans(settings, server) for server in SERVERS}),
+    KeylimePkiArgs(
+        server_sans={server: server_sans(settings, server) for server in SERVERS},
+        tpm_manufacturer_ca=settings.tpm_mode == "swtpm",
+    ),
     pulumi.ResourceOptions(providers=[tls_provider]),
 )
 images = KeylimeImages(
@@ -65,7 +68,12 @@ agent_hosts: list[AgentHost] = (
     [
         AgentCluster(
             f"agents-{index}",
-            AgentClusterArgs(cluster_name=agent_cluster_name(settings, index), owner=cluster_owner, agent=agent),
+            AgentClusterArgs(
+                cluster_name=agent_cluster_name(settings, index),
+                owner=cluster_owner,
+                agent=agent,
+                tpm_manufacturer_ca=pki.tpm_manufacturer_ca,
+            ),
             local,
         )
         for index in range(1, settings.agent_clusters + 1)
@@ -155,6 +163,13 @@ controller = AttestationController(
         uid=settings.agent_uid,
         gid=settings.agent_gid,
         taint_effect=settings.taint_effect,
+        # swtpm: the CA the program signs every software TPM's EK with. hwtpm: libvirt's vTPM EK is signed by the
+        # host's swtpm local CA, which the program does not know yet, so EKs are not checked there (README).
+        ek_trust_pem=(
+            pki.tpm_manufacturer_ca.cert_pem
+            if settings.require_ek_cert and pki.tpm_manufacturer_ca is not None
+            else None
+        ),
         prometheus_operator=settings.prometheus_operator,
     ),
 )

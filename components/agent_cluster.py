@@ -9,6 +9,7 @@ import pulumi_kubernetes as k8s
 
 from components.agent_workload import AgentPodArgs, declare_agent_workload, node_state_dirs
 from components.kind_cluster import KindCluster, KindClusterArgs, NodeState
+from components.pki import IssuedCertificate
 
 
 KIND_API_SERVER_PORT = 6443
@@ -20,6 +21,9 @@ class AgentClusterArgs:
     owner: str
     """The stack that owns the Kind cluster (see KindClusterArgs)."""
     agent: AgentPodArgs
+    tpm_manufacturer_ca: IssuedCertificate | None
+    """The CA the software TPMs' EK certificates are signed with (the controller's EK trust store); None: each
+    pod's swtpm makes a CA of its own, which nothing can check EKs against."""
 
 
 class AgentCluster(pulumi.ComponentResource):
@@ -64,5 +68,6 @@ class AgentCluster(pulumi.ComponentResource):
                 deleted_with=self.kind.cluster,
                 depends_on=self.kind.node_ready,
             ),
+            tpm_manufacturer_ca=args.tpm_manufacturer_ca,
         )
         self.register_outputs({"cluster_name": self.host_name})

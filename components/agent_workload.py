@@ -25,6 +25,7 @@ from components.pod_security import (
 )
 from components.images import BuiltImage
 from components.rollout import inputs_annotation
+from components.pki import IssuedCertificate
 
 TpmAccess = Literal["swtpm", "device"]
 
@@ -43,6 +44,8 @@ NODE_STATE_WHY = (
     "would be root-owned, and making it the agent's from here would take a root init container with "
     "CAP_CHOWN: so no container of this pod runs as root or holds any capability."
 )
+TPM_MANUFACTURER_CA_SECRET = "keylime-tpm-manufacturer-ca"
+TPM_MANUFACTURER_CA_DIR = "/etc/keylime/tpm-manufacturer-ca"
 TPM_DEVICE = "/dev/tpmrm0"
 TCTI: dict[TpmAccess, str] = {"swtpm": f"swtpm:host=localhost,port={SWTPM_PORT}", "device": f"device:{TPM_DEVICE}"}
 # squat/generic-device-plugin advertises the VM's resource-managed TPM under this name.
@@ -123,7 +126,7 @@ def metadata(name: str, annotations: dict[str, str] | None = None) -> dict[str, 
     }
 
 
-def _swtpm_containers(image: str, security: dict[str, Any]) -> list[dict[str, Any]]:
+def _swtpm_containers(image: str, security: dict[str, Any], ek_ca: bool) -> list[dict[str, Any]]:
     swtpm_probe = {"exec": {"command": ["swtpm_ioctl", "--tcp", f"127.0.0.1:{SWTPM_CTRL_PORT}", "-c"]}}
     return [
         {
@@ -133,13 +136,17 @@ def _swtpm_containers(image: str, security: dict[str, Any]) -> list[dict[str, An
             "image": image,
             "imagePullPolicy": "IfNotPresent",
             "command": ["/bin/bash", f"{SCRIPTS_DIR}/swtpm-init.sh"],
-            "env": [{"name": "SWTPM_STATE_DIR", "value": SWTPM_STATE_DIR}],
+            "env": [
+                {"name": "SWTPM_STATE_DIR", "value": SWTPM_STATE_DIR},
+                *([{"name": "TPM_MANUFACTURER_CA_DIR", "value": TPM_MANUFACTURER_CA_DIR}] if ek_ca else []),
+            ],
             "securityContext": security,
             "resources": resources("50m", "32Mi", "500m", "128Mi"),
             "volumeMounts": [
                 {"name": "swtpm-state", "mountPath": SWTPM_STATE_DIR},
                 {"name": "config", "mountPath": SCRIPTS_DIR, "readOnly": True},
                 {"name": "tmp", "mountPath": "/tmp"},
+                *([{"name": "tpm-manufacturer-ca", "mountPath": TPM_MANUFACTURER_CA_DIR, "readOnly": True}] if ek_ca else []),
             ],
         },
         {
@@ -169,9 +176,16 @@ def _swtpm_containers(image: str, security: dict[str, Any]) -> list[dict[str, An
 
 
 def declare_agent_workload(
-    name: str, pod_args: AgentPodArgs, tpm: TpmAccess, opts: pulumi.ResourceOptions
+    name: str,
+    pod_args: AgentPodArgs,
+    tpm: TpmAccess,
+    opts: pulumi.ResourceOptions,
+    tpm_manufacturer_ca: IssuedCertificate | None = None,
 ) -> k8s.apps.v1.DaemonSet:
-    """Namespace, CA Secret, agent ConfigMap, deny-ingress policy and the agent DaemonSet."""
+    """Namespace, CA Secret, agent ConfigMap, deny-ingress policy and the agent DaemonSet.
+
+    `tpm_manufacturer_ca` (swtpm): the CA each software TPM's EK certificate is signed with.
+    """
     namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=opts)
     opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[namespace]))
     ca_files = {keylime_conf.CA_CERT: pod_args.ca_cert_pem}
@@ -180,6 +194,15 @@ def declare_agent_workload(
     if tpm == "swtpm":
         files["swtpm-init.sh"] = SWTPM_INIT_SCRIPT.read_text()
     config = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(AGENT_CONFIG), data=files, opts=opts)
+    ready: list[pulumi.Resource] = [ca_secret, config]
+    if tpm_manufacturer_ca is not None:
+        ready.append(k8s.core.v1.Secret(
+            f"{name}-tpm-manufacturer-ca",
+            metadata=metadata(TPM_MANUFACTURER_CA_SECRET),
+            type="Opaque",
+            string_data={"signkey.pem": tpm_manufacturer_ca.private_key_pem, "issuercert.pem": tpm_manufacturer_ca.cert_pem},
+            opts=opts,
+        ))
     # The agent only dials out; nothing may connect to it.
     k8s.networking.v1.NetworkPolicy(
         f"{name}-default-deny-ingress",
@@ -206,7 +229,9 @@ def declare_agent_workload(
         "volumes": volumes,
     }
     if tpm == "swtpm":
-        pod["initContainers"] = _swtpm_containers(image, security)
+        pod["initContainers"] = _swtpm_containers(image, security, tpm_manufacturer_ca is not None)
+        if tpm_manufacturer_ca is not None:
+            volumes.append({"name": "tpm-manufacturer-ca", "secret": {"secretName": TPM_MANUFACTURER_CA_SECRET, "defaultMode": 0o440}})
         volumes.append(_node_state_volume("swtpm-state", SWTPM_STATE_ON_NODE))
     else:
         # The device plugin hands the pod /dev/tpmrm0; containerd's device_ownership_from_security_context
@@ -244,5 +269,5 @@ def declare_agent_workload(
             },
         ),
         spec={"selector": {"matchLabels": LABELS}, "template": {"metadata": template_metadata, "spec": pod}},
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[ca_secret, config])),
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=ready)),
     )

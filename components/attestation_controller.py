@@ -43,6 +43,7 @@ POLICY_FILE = f"{CONFIG_DIR}/policy/tpm_policy.json"
 TLS_DIR = f"{CONFIG_DIR}/tls"
 CLUSTERS_DIR = f"{CONFIG_DIR}/clusters"
 CLUSTERS_FILE = f"{CLUSTERS_DIR}/clusters.json"
+EK_TRUST_DIR = f"{CONFIG_DIR}/ek-trust"
 CHECKSUM_ANNOTATION = "keylime.dev/inputs-checksum"
 MONITORING_API = "monitoring.coreos.com/v1"
 # A pass every 10 s; an agent whose last successful attestation is older than this is stale.
@@ -92,6 +93,8 @@ class AttestationControllerArgs:
     uid: int
     gid: int
     taint_effect: str
+    ek_trust_pem: pulumi.Input[str] | None
+    """requireEkCert: the CA certificates an agent's EK certificate must be signed by; None: EKs are not checked."""
     prometheus_operator: bool
     """The infra cluster serves the Prometheus Operator's CRDs: declare a ServiceMonitor and alert rules."""
 
@@ -159,11 +162,20 @@ class AttestationController(pulumi.ComponentResource):
             },
             opts=on_infra,
         )
+        ek_trust: list[pulumi.Resource] = []
+        if args.ek_trust_pem is not None:
+            ek_trust.append(k8s.core.v1.Secret(
+                f"{name}-ek-trust",
+                metadata=_metadata(f"{NAME}-ek-trust"),
+                type="Opaque",
+                string_data={"tpm-manufacturer.pem": args.ek_trust_pem},
+                opts=on_infra,
+            ))
         # The controller re-reads its policy file every pass, but a new certificate, new clusters or a new
         # effect need a new process: the pod template changes exactly when any of them does.
         checksum = pulumi.Output.unsecret(
             pulumi.Output.all(
-                args.tpm_policy_json, args.taint_effect, args.ca_cert_pem, args.client_cert.cert_pem,
+                args.tpm_policy_json, args.taint_effect, args.ca_cert_pem, args.client_cert.cert_pem, args.ek_trust_pem or "",
                 args.client_cert.private_key_pem, clusters_file, *(kubeconfigs[c] for c in sorted(kubeconfigs)),
             ).apply(lambda parts: digest(*parts))
         )
@@ -180,7 +192,7 @@ class AttestationController(pulumi.ComponentResource):
                     "spec": _pod_spec(args),
                 },
             },
-            opts=pulumi.ResourceOptions.merge(on_infra, pulumi.ResourceOptions(depends_on=[self.policy, clusters, tls])),
+            opts=pulumi.ResourceOptions.merge(on_infra, pulumi.ResourceOptions(depends_on=[self.policy, clusters, tls, *ek_trust])),
         )
         service = k8s.core.v1.Service(
             f"{name}-metrics",
@@ -327,7 +339,9 @@ def _pod_spec(args: AttestationControllerArgs) -> dict[str, Any]:
         "AGENT_SELECTOR": AGENT_SELECTOR,
         "TAINT_EFFECT": args.taint_effect,
         "METRICS_PORT": str(METRICS_PORT),
+        **({"EK_TRUST_DIR": EK_TRUST_DIR} if args.ek_trust_pem is not None else {}),
     }
+    ek_trust = args.ek_trust_pem is not None
     return {
         "enableServiceLinks": False,
         # It reads no object of the infra cluster: its only API credentials are the scoped kubeconfigs.
@@ -349,6 +363,7 @@ def _pod_spec(args: AttestationControllerArgs) -> dict[str, Any]:
                     {"name": "policy", "mountPath": f"{CONFIG_DIR}/policy", "readOnly": True},
                     {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
                     {"name": "clusters", "mountPath": CLUSTERS_DIR, "readOnly": True},
+                    *([{"name": "ek-trust", "mountPath": EK_TRUST_DIR, "readOnly": True}] if ek_trust else []),
                     # The kubernetes client writes a kubeconfig's inline CA to a temporary file.
                     {"name": "tmp", "mountPath": "/tmp"},
                 ],
@@ -358,6 +373,7 @@ def _pod_spec(args: AttestationControllerArgs) -> dict[str, Any]:
             {"name": "policy", "configMap": {"name": f"{NAME}-policy"}},
             {"name": "tls", "secret": {"secretName": f"{NAME}-tls", "defaultMode": 0o440}},
             {"name": "clusters", "secret": {"secretName": f"{NAME}-clusters", "defaultMode": 0o440}},
+            *([{"name": "ek-trust", "secret": {"secretName": f"{NAME}-ek-trust", "defaultMode": 0o440}}] if ek_trust else []),
             empty_dir("tmp"),
         ],
     }

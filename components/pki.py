@@ -37,6 +37,8 @@ CLIENTS = ("tenant", "verifier-client", "attestation-controller")
 @dataclasses.dataclass
 class KeylimePkiArgs:
     server_sans: dict[Server, SubjectAltNames]
+    tpm_manufacturer_ca: bool = False
+    """swtpm: issue the "TPM manufacturer" CA that signs the software TPMs' EK certificates."""
 
 
 @dataclasses.dataclass
@@ -49,6 +51,7 @@ class KeylimePki(pulumi.ComponentResource):
     ca_cert_pem: pulumi.Output[str]
     servers: dict[Server, IssuedCertificate]
     clients: dict[str, IssuedCertificate]
+    tpm_manufacturer_ca: IssuedCertificate | None
 
     def __init__(self, name: str, args: KeylimePkiArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:pki:KeylimePki", name, None, opts)
@@ -74,7 +77,25 @@ class KeylimePki(pulumi.ComponentResource):
         }
         no_sans = SubjectAltNames(dns_names=(), ip_addresses=())
         self.clients = {client: self._issue(f"keylime-{client}", CLIENT_USES, no_sans, ca, ca_key) for client in CLIENTS}
+        self.tpm_manufacturer_ca = self._tpm_manufacturer_ca() if args.tpm_manufacturer_ca else None
         self.register_outputs({"ca_cert_pem": self.ca_cert_pem})
+
+    def _tpm_manufacturer_ca(self) -> IssuedCertificate:
+        """A CA of its own, apart from the servers' CA: trusting it for EKs must not trust any TLS peer, and
+        its key goes to every agent cluster (swtpm_localca signs with it there)."""
+        key = self._key("tpm-manufacturer")
+        cert = tls.SelfSignedCert(
+            f"{self._name}-tpm-manufacturer-ca",
+            private_key_pem=key.private_key_pem,
+            subject=tls.SelfSignedCertSubjectArgs(common_name="keylime-push TPM manufacturer", organization=ORGANIZATION),
+            is_ca_certificate=True,
+            validity_period_hours=CA_VALIDITY_HOURS,
+            allowed_uses=CA_USES,
+            # swtpm_localca cannot sign with an issuer certificate that has no subject key id.
+            set_subject_key_id=True,
+            opts=self._child,
+        )
+        return IssuedCertificate(cert_pem=cert.cert_pem, private_key_pem=pulumi.Output.secret(key.private_key_pem))
 
     def _key(self, role: str) -> tls.PrivateKey:
         return tls.PrivateKey(

@@ -245,11 +245,11 @@ class Settings(BaseModel):
         "(agentClusters=1 only).",
     )
     require_ek_cert: Annotated[bool, Key("true | false", _boolean, "boolean")] = Field(
-        # Production (hwtpm) requires EK certificates; swtpm's are signed by a CA made inside the pod.
+        # Production (hwtpm) requires EK certificates; swtpm's are signed by the program's "TPM manufacturer" CA.
         default_factory=lambda settings: settings.get("tpm_mode") == "hwtpm",
         alias="requireEkCert",
-        description="Tenant refuses agents whose EK certificate it cannot verify. Stack files set it: false for "
-        "swtpm, true for hwtpm.",
+        description="Only agents whose EK certificate chains to the EK trust store are enrolled (the attestation "
+        "controller checks; swtpm: the program's TPM manufacturer CA). Stack files set it: false for swtpm, true for hwtpm.",
     )
     taint_effect: Annotated[TaintEffect, Key(" | ".join(TAINT_EFFECTS), _choice(TAINT_EFFECTS))] = Field(
         "NoSchedule",

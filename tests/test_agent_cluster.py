@@ -143,7 +143,8 @@ def agent_cluster_alone() -> tuple[ProgramRun, dict[str, object]]:
                              opts=pulumi.ResourceOptions(provider=docker_provider))
         pod = AgentPodArgs(image=BuiltImage("example/agent:1", build), agent_conf=ALONE_AGENT_CONF, uid=1234, gid=2345,
                            ca_cert_pem="CA")
-        host: AgentHost = AgentCluster("alone", AgentClusterArgs("keylime-ci-agents-3", "keylime-push/ci", agent=pod),
+        host: AgentHost = AgentCluster("alone", AgentClusterArgs("keylime-ci-agents-3", "keylime-push/ci", agent=pod,
+                                                                   tpm_manufacturer_ca=None),
                                        pulumi.ResourceOptions(providers=[command_provider, docker_provider]))
         shown["host_name"] = host.host_name
         host.identity.apply(lambda identity: shown.setdefault("identity", identity))

@@ -71,7 +71,7 @@ EVENT_RULES = [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}
 
 
 def declare_alone(clusters: tuple[str, ...] = ("east", "west"), policy: str = '{"8": "aa"}', effect: str = "NoSchedule",
-                  prometheus_operator: bool = False) -> ProgramRun:
+                  prometheus_operator: bool = False, ek_trust: str | None = None) -> ProgramRun:
     def declare() -> None:
         command_provider = command.Provider("command")
         local = pulumi.ResourceOptions(provider=command_provider)
@@ -105,6 +105,7 @@ def declare_alone(clusters: tuple[str, ...] = ("east", "west"), policy: str = '{
                 uid=1234,
                 gid=2345,
                 taint_effect=effect,
+                ek_trust_pem=ek_trust,
                 prometheus_operator=prometheus_operator,
             ),
         )
@@ -146,7 +147,8 @@ def test_alone_the_controller_runs_non_root_read_only_with_probes_on_its_metrics
     assert service["selector"] == deployment.plain["spec"]["selector"]["matchLabels"]
 
 
-def test_alone_every_file_the_controller_is_told_to_read_is_mounted_from_what_the_component_declares(alone):
+def test_alone_every_file_the_controller_is_told_to_read_is_mounted_from_what_the_component_declares():
+    alone = declare_alone(ek_trust="EK CA")
     spec = pod_spec(named(alone, "Deployment", CONTROLLER, "infra"))
     (container,) = spec["containers"]
     env = env_of(container)
@@ -155,8 +157,11 @@ def test_alone_every_file_the_controller_is_told_to_read_is_mounted_from_what_th
     sources = {("configMap", c.plain["metadata"]["name"]): set(c.plain["data"]) for c in kube_objects(alone, "ConfigMap", "infra")}
     secrets = {s.plain["metadata"]["name"]: s.plain["stringData"] for s in kube_objects(alone, "Secret", "infra")}
     sources.update({("secret", name): set(data) for name, data in secrets.items()})
-    for key in ("KEYLIME_CA", "CLIENT_CERT", "CLIENT_KEY", "POLICY_FILE", "CLUSTERS_FILE"):
-        folder, file = env[key].rsplit("/", 1)
+    for key in ("KEYLIME_CA", "CLIENT_CERT", "CLIENT_KEY", "POLICY_FILE", "CLUSTERS_FILE", "EK_TRUST_DIR"):
+        if key == "EK_TRUST_DIR":
+            folder, file = env[key], "tpm-manufacturer.pem"
+        else:
+            folder, file = env[key].rsplit("/", 1)
         volume = volumes[mounts[folder]]
         source = ("configMap", volume["configMap"]["name"]) if "configMap" in volume else ("secret", volume["secret"]["secretName"])
         assert file in sources[source], key
@@ -164,6 +169,13 @@ def test_alone_every_file_the_controller_is_told_to_read_is_mounted_from_what_th
     assert clusters == {name: f"{env['CLUSTERS_FILE'].rsplit('/', 1)[0]}/{name}.kubeconfig" for name in ("east", "west")}
     assert env["TAINT_EFFECT"] == "NoSchedule"
     assert (env["REGISTRAR_URL"], env["VERIFIER_URL"]) == ("https://registrar.example:8891", "https://verifier.example:8881")
+    assert secrets[f"{CONTROLLER}-ek-trust"] == {"tpm-manufacturer.pem": "EK CA"}
+
+
+def test_alone_without_a_trust_store_the_controller_is_not_told_to_check_eks(alone):
+    (container,) = pod_spec(named(alone, "Deployment", CONTROLLER, "infra"))["containers"]
+    assert "EK_TRUST_DIR" not in env_of(container)
+    assert f"{CONTROLLER}-ek-trust" not in {s.plain["metadata"]["name"] for s in kube_objects(alone, "Secret", "infra")}
 
 
 def test_alone_rbac_per_agent_cluster_is_exactly_what_the_controller_calls(alone):
@@ -314,3 +326,32 @@ def test_the_controller_acts_only_after_the_deploy_time_enrollment_and_does_not_
     for resource in swtpm.resources:
         if resource.name.startswith("controller-keylime-agents-"):
             assert enroll not in graph.all_waits(resource.urn), resource.name
+
+
+def test_swtpm_eks_are_signed_by_the_program_s_manufacturer_ca_which_the_controller_trusts_when_required(run):
+    program = run("swtpm", requireEkCert=True, agentClusters=2)
+    ca = program.named("pki-tpm-manufacturer-ca")
+    assert ca.plain["isCaCertificate"] is True and ca.plain["setSubjectKeyId"] is True
+    assert ca.plain["privateKeyPem"] == fake_pem("PRIVATE KEY", "pki-tpm-manufacturer-key")
+    trust = named(program, "Secret", f"{CONTROLLER}-ek-trust", "infra")
+    assert trust.plain["stringData"] == {"tpm-manufacturer.pem": fake_pem("CERTIFICATE", "pki-tpm-manufacturer-ca")}
+    (container,) = pod_spec(named(program, "Deployment", CONTROLLER, "infra"))["containers"]
+    assert "EK_TRUST_DIR" in env_of(container)
+    for index in (1, 2):
+        secret = named(program, "Secret", "keylime-tpm-manufacturer-ca", f"agents-{index}")
+        assert secret.plain["stringData"] == {"signkey.pem": fake_pem("PRIVATE KEY", "pki-tpm-manufacturer-key"),
+                                              "issuercert.pem": fake_pem("CERTIFICATE", "pki-tpm-manufacturer-ca")}
+        assert is_secret(secret.inputs["stringData"])
+        (daemon_set,) = kube_objects(program, "DaemonSet", f"agents-{index}")
+        spec = pod_spec(daemon_set)
+        init = next(c for c in spec["initContainers"] if c["name"] == "swtpm-init")
+        folder = env_of(init)["TPM_MANUFACTURER_CA_DIR"]
+        mount = next(m for m in init["volumeMounts"] if m["mountPath"] == folder)
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "keylime-tpm-manufacturer-ca"
+        for other in spec["containers"] + [c for c in spec["initContainers"] if c["name"] != "swtpm-init"]:
+            assert mount["name"] not in {m["name"] for m in other.get("volumeMounts", [])}, other["name"]
+    not_required = run("swtpm", requireEkCert=False)
+    (container,) = pod_spec(named(not_required, "Deployment", CONTROLLER, "infra"))["containers"]
+    assert "EK_TRUST_DIR" not in env_of(container)
+    assert not [r for r in run("hwtpm").resources if "tpm-manufacturer" in r.name]

@@ -6,6 +6,7 @@ piece starts on first use and `close()` stops what started, in reverse order.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -224,10 +225,15 @@ class Lab:
         """The CA file the push agent verifies the verifier with (agent.conf's verifier_tls_ca_cert, in its pod)."""
         return self.agent_pod.path(self.agent_pod.spec["containers"][0]["name"], self.agent_conf["verifier_tls_ca_cert"])
 
-    def new_agent(self, name: str) -> EmulatedAgent:
+    def new_agent(self, name: str, foreign_ek: bool = False) -> EmulatedAgent:
         """An agent pod on a node of its own (`name`): its TPM initialised and served as declared, with an EK
-        and an AK in it. `lab.agent_pod_on(name)` gives the pod that replaces it (`agent.restart`)."""
+        and an AK in it. `lab.agent_pod_on(name)` gives the pod that replaces it (`agent.restart`). `foreign_ek`:
+        its EK certificate is signed by a CA its swtpm makes, not by the program's TPM manufacturer CA."""
         pod = self.agent_pod if name == "agent" else self.agent_pod_on(name)
+        if foreign_ek:
+            pod.spec = copy.deepcopy(pod.spec)  # the declared spec is shared with every other pod
+            for container in pod.spec["initContainers"]:
+                container["env"] = [e for e in container.get("env", []) if e["name"] != "TPM_MANUFACTURER_CA_DIR"]
         emulated = EmulatedAgent(pod, self.root / "agents" / name)
         self._stops.append(emulated.stop)
         emulated.start()
