@@ -59,17 +59,7 @@ class KeylimePki(pulumi.ComponentResource):
         self._child = pulumi.ResourceOptions(parent=self)
 
         ca_key = self._key("ca")
-        ca = tls.SelfSignedCert(
-            f"{name}-ca",
-            private_key_pem=ca_key.private_key_pem,
-            subject=tls.SelfSignedCertSubjectArgs(common_name="keylime-push CA", organization=ORGANIZATION),
-            is_ca_certificate=True,
-            validity_period_hours=CA_VALIDITY_HOURS,
-            early_renewal_hours=CA_EARLY_RENEWAL_HOURS,
-            allowed_uses=CA_USES,
-            set_subject_key_id=True,
-            opts=self._child,
-        )
+        ca = self._self_signed_ca(f"{name}-ca", ca_key, "keylime-push CA")
         self.ca_cert_pem = ca.cert_pem
         self.servers = {
             server: self._issue(f"keylime-{server}", SERVER_USES, args.server_sans[server], ca, ca_key)
@@ -84,18 +74,22 @@ class KeylimePki(pulumi.ComponentResource):
         """A CA of its own, apart from the servers' CA: trusting it for EKs must not trust any TLS peer, and
         its key goes to every agent cluster (swtpm_localca signs with it there)."""
         key = self._key("tpm-manufacturer")
-        cert = tls.SelfSignedCert(
-            f"{self._name}-tpm-manufacturer-ca",
+        cert = self._self_signed_ca(f"{self._name}-tpm-manufacturer-ca", key, "keylime-push TPM manufacturer")
+        return IssuedCertificate(cert_pem=cert.cert_pem, private_key_pem=pulumi.Output.secret(key.private_key_pem))
+
+    def _self_signed_ca(self, resource_name: str, key: tls.PrivateKey, common_name: str) -> tls.SelfSignedCert:
+        return tls.SelfSignedCert(
+            resource_name,
             private_key_pem=key.private_key_pem,
-            subject=tls.SelfSignedCertSubjectArgs(common_name="keylime-push TPM manufacturer", organization=ORGANIZATION),
+            subject=tls.SelfSignedCertSubjectArgs(common_name=common_name, organization=ORGANIZATION),
             is_ca_certificate=True,
             validity_period_hours=CA_VALIDITY_HOURS,
+            early_renewal_hours=CA_EARLY_RENEWAL_HOURS,
             allowed_uses=CA_USES,
             # swtpm_localca cannot sign with an issuer certificate that has no subject key id.
             set_subject_key_id=True,
             opts=self._child,
         )
-        return IssuedCertificate(cert_pem=cert.cert_pem, private_key_pem=pulumi.Output.secret(key.private_key_pem))
 
     def _key(self, role: str) -> tls.PrivateKey:
         return tls.PrivateKey(

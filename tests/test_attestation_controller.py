@@ -275,11 +275,11 @@ def test_the_stack_deploys_one_controller_in_keylime_infra_with_its_policy_and_t
 def test_each_agent_cluster_grants_the_controller_through_its_own_provider_and_is_dialled_by_its_node_name(run):
     program = run("swtpm", agentClusters=3)
     clusters = named(program, "Secret", f"{CONTROLLER}-clusters", "infra").plain["stringData"]
-    assert set(json.loads(clusters["clusters.json"])) == {"keylime-agents-1", "keylime-agents-2", "keylime-agents-3"}
+    assert set(json.loads(clusters["clusters.json"])) == {f"keylime-swtpm-agents-{index}" for index in (1, 2, 3)}
     for index in (1, 2, 3):
         assert [r.plain["rules"] for r in kube_objects(program, "ClusterRole", f"agents-{index}")] == [NODE_RULES]
-        config = yaml.safe_load(clusters[f"keylime-agents-{index}.kubeconfig"])
-        assert config["clusters"][0]["cluster"]["server"] == f"https://keylime-agents-{index}-control-plane:6443"
+        config = yaml.safe_load(clusters[f"keylime-swtpm-agents-{index}.kubeconfig"])
+        assert config["clusters"][0]["cluster"]["server"] == f"https://keylime-swtpm-agents-{index}-control-plane:6443"
     hwtpm = run("hwtpm")
     assert [r.plain["rules"] for r in kube_objects(hwtpm, "ClusterRole", "vm")] == [NODE_RULES]
 
@@ -307,11 +307,13 @@ def test_the_controller_does_not_lengthen_or_join_the_agent_clusters_path(run):
     two, eight = Graph(run("swtpm", agentClusters=2)), Graph(run("swtpm", agentClusters=8))
     assert eight.longest_chain() == two.longest_chain()
     for graph in (two, eight):
+        grants = [r for r in graph.run.resources if r.custom and r.name.startswith("controller-keylime-swtpm-agents-")]
+        assert len(grants) >= 7 * len([r for r in graph.run.resources if r.type == "keylime:agents:AgentCluster"])
         for resource in graph.run.resources:
             if resource.custom and resource.name.startswith("agents-"):
                 assert not any(d.split("::")[-1].startswith("controller-") for d in graph.all_waits(resource.urn)), resource.name
-            if resource.custom and resource.name.startswith("controller-keylime-agents-"):
-                own = resource.name.split("-")[3]
+            if resource.custom and resource.name.startswith("controller-keylime-swtpm-agents-"):
+                own = resource.name.split("-")[4]
                 waited = {d.split("::")[-1] for d in graph.all_waits(resource.urn)}
                 assert not any(w.startswith("infra-") for w in waited), resource.name
                 assert not any(w.startswith("agents-") and w.split("-")[1] != own for w in waited), resource.name
@@ -323,9 +325,10 @@ def test_the_controller_acts_only_after_the_deploy_time_enrollment_and_does_not_
     for name in ("controller-deployment", "controller-policy", "controller-clusters"):
         waits = graph.all_waits(swtpm.named(name).urn)
         assert enroll in waits and verify not in waits, name
-    for resource in swtpm.resources:
-        if resource.name.startswith("controller-keylime-agents-"):
-            assert enroll not in graph.all_waits(resource.urn), resource.name
+    grants = [r for r in swtpm.resources if r.name.startswith("controller-keylime-swtpm-agents-")]
+    assert grants
+    for resource in grants:
+        assert enroll not in graph.all_waits(resource.urn), resource.name
 
 
 def test_swtpm_eks_are_signed_by_the_program_s_manufacturer_ca_which_the_controller_trusts_when_required(run):
