@@ -195,12 +195,16 @@ def declare_agent_workload(
         files["swtpm-init.sh"] = SWTPM_INIT_SCRIPT.read_text()
     config = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(AGENT_CONFIG), data=files, opts=opts)
     ready: list[pulumi.Resource] = [ca_secret, config]
+    manufacturer_files: dict[str, Any] = {}
     if tpm_manufacturer_ca is not None:
+        manufacturer_files[TPM_MANUFACTURER_CA_SECRET] = {
+            "signkey.pem": tpm_manufacturer_ca.private_key_pem, "issuercert.pem": tpm_manufacturer_ca.cert_pem
+        }
         ready.append(k8s.core.v1.Secret(
             f"{name}-tpm-manufacturer-ca",
             metadata=metadata(TPM_MANUFACTURER_CA_SECRET),
             type="Opaque",
-            string_data={"signkey.pem": tpm_manufacturer_ca.private_key_pem, "issuercert.pem": tpm_manufacturer_ca.cert_pem},
+            string_data=manufacturer_files[TPM_MANUFACTURER_CA_SECRET],
             opts=opts,
         ))
     # The agent only dials out; nothing may connect to it.
@@ -257,7 +261,7 @@ def declare_agent_workload(
     ]
     template_metadata = {
         "labels": LABELS,
-        "annotations": inputs_annotation({AGENT_CONFIG: files, CA_SECRET: ca_files}),
+        "annotations": inputs_annotation({AGENT_CONFIG: files, CA_SECRET: ca_files, **manufacturer_files}),
     }
     return k8s.apps.v1.DaemonSet(
         f"{name}-agent",

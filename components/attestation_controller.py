@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import json
 from typing import Any
 
@@ -23,6 +22,7 @@ import yaml
 
 from components.endpoints import KEYLIME_NAMESPACE
 from components.pki import IssuedCertificate
+from components.rollout import inputs_annotation
 from components.pod_security import (
     allow_ingress,
     checkov_waivers,
@@ -44,7 +44,6 @@ TLS_DIR = f"{CONFIG_DIR}/tls"
 CLUSTERS_DIR = f"{CONFIG_DIR}/clusters"
 CLUSTERS_FILE = f"{CLUSTERS_DIR}/clusters.json"
 EK_TRUST_DIR = f"{CONFIG_DIR}/ek-trust"
-CHECKSUM_ANNOTATION = "keylime.dev/inputs-checksum"
 MONITORING_API = "monitoring.coreos.com/v1"
 # A pass every 10 s; an agent whose last successful attestation is older than this is stale.
 STALE_AFTER_SECONDS = 300
@@ -115,13 +114,6 @@ def kubeconfig(cluster: str, api_server: str, token_data: dict[str, str]) -> str
     )
 
 
-def digest(*parts: str) -> str:
-    hashed = hashlib.sha256()
-    for part in parts:
-        hashed.update(part.encode() + b"\0")
-    return hashed.hexdigest()
-
-
 class AttestationController(pulumi.ComponentResource):
     deployment: k8s.apps.v1.Deployment
     policy: k8s.core.v1.ConfigMap
@@ -140,26 +132,28 @@ class AttestationController(pulumi.ComponentResource):
             opts=on_infra,
         )
         clusters_file = json.dumps({cluster: f"{CLUSTERS_DIR}/{cluster}.kubeconfig" for cluster in sorted(kubeconfigs)})
+        clusters_files = pulumi.Output.secret(
+            pulumi.Output.all(**kubeconfigs).apply(
+                lambda files: {"clusters.json": clusters_file, **{f"{c}.kubeconfig": files[c] for c in sorted(files)}}
+            )
+        )
         clusters = k8s.core.v1.Secret(
             f"{name}-clusters",
             metadata=_metadata(f"{NAME}-clusters"),
             type="Opaque",
-            string_data=pulumi.Output.secret(
-                pulumi.Output.all(**kubeconfigs).apply(
-                    lambda files: {"clusters.json": clusters_file, **{f"{c}.kubeconfig": files[c] for c in sorted(files)}}
-                )
-            ),
+            string_data=clusters_files,
             opts=on_infra,
         )
+        tls_files = {
+            "cacert.crt": args.ca_cert_pem,
+            "client-cert.crt": args.client_cert.cert_pem,
+            "client-private.pem": args.client_cert.private_key_pem,
+        }
         tls = k8s.core.v1.Secret(
             f"{name}-tls",
             metadata=_metadata(f"{NAME}-tls"),
             type="Opaque",
-            string_data={
-                "cacert.crt": args.ca_cert_pem,
-                "client-cert.crt": args.client_cert.cert_pem,
-                "client-private.pem": args.client_cert.private_key_pem,
-            },
+            string_data=tls_files,
             opts=on_infra,
         )
         ek_trust: list[pulumi.Resource] = []
@@ -171,14 +165,15 @@ class AttestationController(pulumi.ComponentResource):
                 string_data={"tpm-manufacturer.pem": args.ek_trust_pem},
                 opts=on_infra,
             ))
-        # The controller re-reads its policy file every pass, but a new certificate, new clusters or a new
-        # effect need a new process: the pod template changes exactly when any of them does.
-        checksum = pulumi.Output.unsecret(
-            pulumi.Output.all(
-                args.tpm_policy_json, args.taint_effect, args.ca_cert_pem, args.client_cert.cert_pem, args.ek_trust_pem or "",
-                args.client_cert.private_key_pem, clusters_file, *(kubeconfigs[c] for c in sorted(kubeconfigs)),
-            ).apply(lambda parts: digest(*parts))
-        )
+        # The controller re-reads its policy file every pass, but a new certificate or new clusters need a new
+        # process: the pod template carries the digest of everything it mounts (components/rollout.py).
+        mounted: dict[str, Any] = {
+            f"{NAME}-policy": {"tpm_policy.json": args.tpm_policy_json},
+            f"{NAME}-tls": tls_files,
+            f"{NAME}-clusters": clusters_files,
+        }
+        if args.ek_trust_pem is not None:
+            mounted[f"{NAME}-ek-trust"] = {"tpm-manufacturer.pem": args.ek_trust_pem}
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=_metadata(NAME, checkov_waivers("CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15")),
@@ -188,7 +183,7 @@ class AttestationController(pulumi.ComponentResource):
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
                 "template": {
-                    "metadata": {"labels": LABELS, "annotations": {CHECKSUM_ANNOTATION: checksum}},
+                    "metadata": {"labels": LABELS, "annotations": inputs_annotation(mounted)},
                     "spec": _pod_spec(args),
                 },
             },
