@@ -1,6 +1,7 @@
 """keylime-push: Keylime push-model attestation on Kind clusters (swtpm) or a vTPM VM (hwtpm).
 
-    settings -> PKI + images (start at once) -> infra cluster | agent clusters (in parallel) -> enrollment
+    settings -> PKI + images (start at once) -> infra cluster | agent clusters (in parallel)
+             -> enrollment (the deploy-time Command) -> attestation controller (carries it on after `up`)
 """
 
 import pulumi
@@ -11,9 +12,10 @@ import pulumi_tls as tls
 from components import keylime_conf
 from components.agent_cluster import AgentCluster, AgentClusterArgs
 from components.agent_workload import AgentHost, AgentPodArgs
+from components.attestation_controller import AttestationController, AttestationControllerArgs, WatchedCluster
 from components.endpoints import SERVERS, agent_cluster_name, dial, host_port_address, infra_cluster_name, server_sans
 from components.enrollment import Enrollment, EnrollmentArgs
-from components.images import SERVER_COMPONENTS, KeylimeImages, KeylimeImagesArgs, LocalClones
+from components.images import CONTROLLER, SERVER_COMPONENTS, KeylimeImages, KeylimeImagesArgs, LocalClones
 from components.infra_cluster import InfraCluster, InfraClusterArgs
 from components.keylime_conf import agent_count
 from components.pki import KeylimePki, KeylimePkiArgs
@@ -33,7 +35,10 @@ local_and_tls = pulumi.ResourceOptions(providers=[command_provider, docker_provi
 
 pki = KeylimePki(
     "pki",
-    KeylimePkiArgs(server_sans={server: server_sans(settings, server) for server in SERVERS}),
+    KeylimePkiArgs(
+        server_sans={server: server_sans(settings, server) for server in SERVERS},
+        tpm_manufacturer_ca=settings.tpm_mode == "swtpm",
+    ),
     pulumi.ResourceOptions(providers=[tls_provider]),
 )
 images = KeylimeImages(
@@ -64,7 +69,12 @@ agent_hosts: list[AgentHost] = (
     [
         AgentCluster(
             f"agents-{index}",
-            AgentClusterArgs(cluster_name=agent_cluster_name(settings, index), owner=cluster_owner, agent=agent),
+            AgentClusterArgs(
+                cluster_name=agent_cluster_name(settings, index),
+                owner=cluster_owner,
+                agent=agent,
+                tpm_manufacturer_ca=pki.tpm_manufacturer_ca,
+            ),
             local,
         )
         for index in range(1, settings.agent_clusters + 1)
@@ -91,7 +101,7 @@ infra = InfraCluster(
     InfraClusterArgs(
         cluster_name=infra_cluster_name(settings),
         owner=cluster_owner,
-        images={component: images.image(component) for component in SERVER_COMPONENTS},
+        images={component: images.image(component) for component in (*SERVER_COMPONENTS, CONTROLLER)},
         configs={
             "registrar": keylime_conf.registrar_conf(settings),
             "verifier": keylime_conf.verifier_conf(settings),
@@ -125,6 +135,45 @@ enrollment = Enrollment(
         ready=[*infra.workloads, *(host.daemon_set for host in agent_hosts)],
     ),
     local,
+)
+
+controller = AttestationController(
+    "controller",
+    AttestationControllerArgs(
+        image=images.image(CONTROLLER).ref,
+        infra_provider=infra.kind.provider,
+        # It takes over from the deploy-time enrollment: on a new policy, enroll.py re-enrolls first and the
+        # controller reads the new policy only then, so the two never act on the same agent at once. It does not
+        # wait for the verification: a node that fails it is exactly one the controller must gate.
+        infra_ready=[infra.namespace, infra.kind.images_loaded, enrollment.enroll],
+        infra_cluster=infra.kind.cluster,
+        registrar_url=dial(settings, "controller", "registrar").url,
+        verifier_url=dial(settings, "controller", "verifier").url,
+        ca_cert_pem=pki.ca_cert_pem,
+        client_cert=pki.clients["attestation-controller"],
+        tpm_policy_json=settings.tpm_policy_json,
+        clusters=[
+            WatchedCluster(
+                name=host.host_name,
+                api_server=host.api_server,
+                provider=host.provider,
+                agent_namespace_ready=host.daemon_set,
+                deleted_with=host.machine,
+            )
+            for host in agent_hosts
+        ],
+        uid=settings.agent_uid,
+        gid=settings.agent_gid,
+        taint_effect=settings.taint_effect,
+        # swtpm: the CA the program signs every software TPM's EK with. hwtpm: libvirt's vTPM EK is signed by the
+        # host's swtpm local CA, which the program does not know yet, so EKs are not checked there (README).
+        ek_trust_pem=(
+            pki.tpm_manufacturer_ca.cert_pem
+            if settings.require_ek_cert and pki.tpm_manufacturer_ca is not None
+            else None
+        ),
+        prometheus_operator=settings.prometheus_operator,
+    ),
 )
 
 pulumi.export("tpmMode", settings.tpm_mode)

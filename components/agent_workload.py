@@ -17,6 +17,7 @@ import pulumi_kubernetes as k8s
 from components import boot_log, keylime_conf
 from components.endpoints import KEYLIME_NAMESPACE
 from components.images import BuiltImage
+from components.pki import IssuedCertificate
 from components.pod_security import (
     checkov_waivers,
     container_security_context,
@@ -44,6 +45,8 @@ NODE_STATE_WHY = (
     "would be root-owned, and making it the agent's from here would take a root init container with "
     "CAP_CHOWN: so no container of this pod runs as root or holds any capability."
 )
+TPM_MANUFACTURER_CA_SECRET = "keylime-tpm-manufacturer-ca"
+TPM_MANUFACTURER_CA_DIR = "/etc/keylime/tpm-manufacturer-ca"
 TPM_DEVICE = "/dev/tpmrm0"
 TCTI: dict[TpmAccess, str] = {"swtpm": f"swtpm:host=localhost,port={SWTPM_PORT}", "device": f"device:{TPM_DEVICE}"}
 # squat/generic-device-plugin advertises the VM's resource-managed TPM under this name.
@@ -80,6 +83,12 @@ class AgentHost(Protocol):
     identity: pulumi.Output[str]
     """Changes when the host is replaced, which means new agents (new TPMs) to enroll."""
     daemon_set: k8s.apps.v1.DaemonSet
+    provider: k8s.Provider
+    """The host's own Kubernetes provider (admin credentials, used by the program only)."""
+    api_server: str
+    """Its API server's URL as a pod of the infra cluster dials it (the attestation controller)."""
+    machine: pulumi.Resource
+    """What the host's Kubernetes lives on: objects declared there go when it goes."""
 
 
 @dataclasses.dataclass
@@ -133,7 +142,7 @@ def metadata(name: str, annotations: dict[str, str] | None = None) -> dict[str, 
     }
 
 
-def _swtpm_containers(image: str, security: dict[str, Any], measured_boot: bool) -> list[dict[str, Any]]:
+def _swtpm_containers(image: str, security: dict[str, Any], measured_boot: bool, ek_ca: bool) -> list[dict[str, Any]]:
     swtpm_probe = {"exec": {"command": ["swtpm_ioctl", "--tcp", f"127.0.0.1:{SWTPM_CTRL_PORT}", "-c"]}}
     swtpm = [
         "swtpm", "socket", "--tpm2",
@@ -166,13 +175,17 @@ def _swtpm_containers(image: str, security: dict[str, Any], measured_boot: bool)
             "image": image,
             "imagePullPolicy": "IfNotPresent",
             "command": ["/bin/bash", f"{SCRIPTS_DIR}/swtpm-init.sh"],
-            "env": [{"name": "SWTPM_STATE_DIR", "value": SWTPM_STATE_DIR}],
+            "env": [
+                {"name": "SWTPM_STATE_DIR", "value": SWTPM_STATE_DIR},
+                *([{"name": "TPM_MANUFACTURER_CA_DIR", "value": TPM_MANUFACTURER_CA_DIR}] if ek_ca else []),
+            ],
             "securityContext": security,
             "resources": resources("50m", "32Mi", "500m", "128Mi"),
             "volumeMounts": [
                 {"name": "swtpm-state", "mountPath": SWTPM_STATE_DIR},
                 {"name": "config", "mountPath": SCRIPTS_DIR, "readOnly": True},
                 {"name": "tmp", "mountPath": "/tmp"},
+                *([{"name": "tpm-manufacturer-ca", "mountPath": TPM_MANUFACTURER_CA_DIR, "readOnly": True}] if ek_ca else []),
             ],
         },
         {
@@ -208,9 +221,16 @@ def _boot_log_reader(image: str, uid: int) -> dict[str, Any]:
 
 
 def declare_agent_workload(
-    name: str, pod_args: AgentPodArgs, tpm: TpmAccess, opts: pulumi.ResourceOptions
+    name: str,
+    pod_args: AgentPodArgs,
+    tpm: TpmAccess,
+    opts: pulumi.ResourceOptions,
+    tpm_manufacturer_ca: IssuedCertificate | None = None,
 ) -> k8s.apps.v1.DaemonSet:
-    """Namespace, CA Secret, agent ConfigMap, deny-ingress policy and the agent DaemonSet."""
+    """Namespace, CA Secret, agent ConfigMap, deny-ingress policy and the agent DaemonSet.
+
+    `tpm_manufacturer_ca` (swtpm): the CA each software TPM's EK certificate is signed with.
+    """
     namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=opts)
     opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[namespace]))
     ca_files = {keylime_conf.CA_CERT: pod_args.ca_cert_pem}
@@ -232,6 +252,19 @@ def declare_agent_workload(
         **({"binary_data": binary_files} if binary_files else {}),
         opts=opts,
     )
+    ready: list[pulumi.Resource] = [ca_secret, config]
+    manufacturer_files: dict[str, Any] = {}
+    if tpm_manufacturer_ca is not None:
+        manufacturer_files[TPM_MANUFACTURER_CA_SECRET] = {
+            "signkey.pem": tpm_manufacturer_ca.private_key_pem, "issuercert.pem": tpm_manufacturer_ca.cert_pem
+        }
+        ready.append(k8s.core.v1.Secret(
+            f"{name}-tpm-manufacturer-ca",
+            metadata=metadata(TPM_MANUFACTURER_CA_SECRET),
+            type="Opaque",
+            string_data=manufacturer_files[TPM_MANUFACTURER_CA_SECRET],
+            opts=opts,
+        ))
     # The agent only dials out; nothing may connect to it.
     k8s.networking.v1.NetworkPolicy(
         f"{name}-default-deny-ingress",
@@ -265,7 +298,10 @@ def declare_agent_workload(
     ]
     annotations = checkov_waivers("CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_15", CKV_K8S_8=NO_PROBE, CKV_K8S_9=NO_PROBE)
     if tpm == "swtpm":
-        pod["initContainers"] = _swtpm_containers(image, security, pod_args.measured_boot)
+        pod["initContainers"] = _swtpm_containers(image, security, pod_args.measured_boot, tpm_manufacturer_ca is not None)
+        if tpm_manufacturer_ca is not None:
+            manufacturer_ca = {"secretName": TPM_MANUFACTURER_CA_SECRET, "defaultMode": 0o440}
+            volumes.append({"name": "tpm-manufacturer-ca", "secret": manufacturer_ca})
         volumes.append(_node_state_volume("swtpm-state", SWTPM_STATE_ON_NODE))
     else:
         # The device plugin hands the pod /dev/tpmrm0; containerd's device_ownership_from_security_context
@@ -292,11 +328,11 @@ def declare_agent_workload(
     ]
     template_metadata = {
         "labels": LABELS,
-        "annotations": inputs_annotation({AGENT_CONFIG: {**files, **binary_files}, CA_SECRET: ca_files}),
+        "annotations": inputs_annotation({AGENT_CONFIG: {**files, **binary_files}, CA_SECRET: ca_files, **manufacturer_files}),
     }
     return k8s.apps.v1.DaemonSet(
         f"{name}-agent",
         metadata=metadata("keylime-agent", {**annotations, "keylime-push.io/node-state": NODE_STATE_WHY}),
         spec={"selector": {"matchLabels": LABELS}, "template": {"metadata": template_metadata, "spec": pod}},
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[ca_secret, config])),
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=ready)),
     )

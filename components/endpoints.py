@@ -93,6 +93,8 @@ def dials(settings: Settings) -> tuple[Dial, ...]:
         Dial("tenant", "registrar", service_fqdn("registrar"), REGISTRAR_TLS_PORT, tls=True),
         Dial("tenant", "verifier", service_fqdn("verifier"), VERIFIER_PORT, tls=True),
         Dial("verifier", "registrar", service_fqdn("registrar"), REGISTRAR_TLS_PORT, tls=True),
+        Dial("controller", "registrar", service_fqdn("registrar"), REGISTRAR_TLS_PORT, tls=True),
+        Dial("controller", "verifier", service_fqdn("verifier"), VERIFIER_PORT, tls=True),
     ]
     for server in SERVERS:
         # Any in-cluster client may use the short service names that cluster DNS search paths resolve.

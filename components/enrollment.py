@@ -27,6 +27,8 @@ class EnrollmentArgs:
 
 
 class Enrollment(pulumi.ComponentResource):
+    enroll: command.local.Command
+    """The step that acts on keylime (verify only reads)."""
     enrolled: pulumi.Output[str]
     attestation: pulumi.Output[str]
 
@@ -34,7 +36,7 @@ class Enrollment(pulumi.ComponentResource):
         super().__init__("keylime:enrollment:Enrollment", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         access = {"KUBECONFIG_DATA": args.infra_kubeconfig, "EXPECTED_AGENTS": str(args.expected_agents)}
-        enroll = command.local.Command(
+        self.enroll = enroll = command.local.Command(
             f"{name}-enroll",
             create=f"{ENROLL_SCRIPT} add",
             # A changed TPM policy reaches the script through its environment and re-enrolls every agent.

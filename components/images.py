@@ -23,6 +23,10 @@ IMAGES_DIR = "images"
 TAG_PREFIX = "keylime-push"
 SERVER_COMPONENTS = ("registrar", "verifier", "tenant")
 COMPONENTS = (*SERVER_COMPONENTS, "agent")
+CONTROLLER = "controller"
+# The Python the controller's tests run with (./venv), so the image runs what was tested.
+CONTROLLER_BASE_IMAGE = "docker.io/library/python:3.11.7-slim-bookworm"
+CONTROLLER_SOURCE = "controller"
 
 
 def upstream_image(component: str, version: str) -> str:
@@ -36,6 +40,17 @@ def git_head(clone: str) -> str:
         ["git", "-C", clone, "rev-parse", "--verify", "--quiet", "HEAD"], capture_output=True, text=True, check=False
     )
     return resolved.stdout.strip() if resolved.returncode == 0 else "unknown-commit"
+
+
+def tree_digest(folder: str) -> str:
+    """A digest of every file under `folder` (paths and contents, in a fixed order) but bytecode caches:
+    the controller image's build context, whose every change must give the image a new tag."""
+    digest = hashlib.sha256()
+    base = ROOT / folder
+    for path in sorted(p for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(f"\0{path.relative_to(base).as_posix()}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +133,17 @@ def build_specs(args: KeylimeImagesArgs) -> dict[str, list[BuildSpec]]:
             )
         )
         specs[component] = chain
+    specs[CONTROLLER] = [
+        BuildSpec(
+            repository=CONTROLLER,
+            # The keylime release whose APIs it speaks; its own sources are in the hash.
+            version=args.keylime_version,
+            context=CONTROLLER_SOURCE,
+            dockerfile=f"{IMAGES_DIR}/controller/Dockerfile",
+            args=(("BASE_IMAGE", CONTROLLER_BASE_IMAGE), *ids),
+            source_revision=tree_digest(CONTROLLER_SOURCE),
+        )
+    ]
     return specs
 
 

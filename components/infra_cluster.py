@@ -35,7 +35,7 @@ class InfraClusterArgs:
     owner: str
     """The stack that owns the Kind cluster (see KindClusterArgs)."""
     images: dict[str, BuiltImage]
-    """The registrar, verifier and tenant images."""
+    """The registrar, verifier and tenant images, and every other image the cluster runs: all are kind-loaded."""
     configs: dict[str, str]
     """Each server's rendered keylime configuration: registrar.conf, verifier.conf, tenant.conf."""
     ca_cert_pem: pulumi.Input[str]
@@ -59,6 +59,7 @@ class InfraClusterArgs:
 class InfraCluster(pulumi.ComponentResource):
     cluster_name: str
     kind: KindCluster
+    namespace: k8s.core.v1.Namespace
     tenant: k8s.apps.v1.Deployment
     workloads: list[pulumi.Resource]
 
@@ -70,7 +71,7 @@ class InfraCluster(pulumi.ComponentResource):
             KindClusterArgs(
                 cluster_name=args.cluster_name,
                 owner=args.owner,
-                images=[args.images[component] for component in SERVER_COMPONENTS],
+                images=list(args.images.values()),
                 # Published on the host too: for the operator (swtpm), for the VM on its libvirt network (hwtpm).
                 host_ports=(args.registrar_node_port, args.registrar_tls_node_port, args.verifier_node_port),
                 listen_address=args.listen_address,
@@ -82,8 +83,8 @@ class InfraCluster(pulumi.ComponentResource):
         on_cluster = pulumi.ResourceOptions(
             parent=self, provider=self.kind.provider, deleted_with=self.kind.cluster, depends_on=[self.kind.images_loaded]
         )
-        namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=on_cluster)
-        in_namespace = pulumi.ResourceOptions.merge(on_cluster, pulumi.ResourceOptions(depends_on=[namespace]))
+        self.namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=on_cluster)
+        in_namespace = pulumi.ResourceOptions.merge(on_cluster, pulumi.ResourceOptions(depends_on=[self.namespace]))
 
         config_files = {f"{component}.conf": args.configs[component] for component in SERVER_COMPONENTS}
         k8s.core.v1.ConfigMap(f"{name}-config", metadata=_metadata(CONFIG_MAP, "config"), data=config_files, opts=in_namespace)

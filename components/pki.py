@@ -28,14 +28,17 @@ CA_USES = ["cert_signing", "crl_signing", "digital_signature"]
 SERVER_USES = ["digital_signature", "server_auth"]
 CLIENT_USES = ["digital_signature", "client_auth"]
 
-# Admin clients authenticate to the servers with mTLS: the tenant, and the verifier when it asks the
-# registrar for an agent's keys. Agents need no client certificate (they use PoP tokens).
-CLIENTS = ("tenant", "verifier-client")
+# Admin clients authenticate to the servers with mTLS: the tenant, the verifier when it asks the
+# registrar for an agent's keys, and the attestation controller (it enrolls and removes agents).
+# Agents need no client certificate (they use PoP tokens).
+CLIENTS = ("tenant", "verifier-client", "attestation-controller")
 
 
 @dataclasses.dataclass
 class KeylimePkiArgs:
     server_sans: dict[Server, SubjectAltNames]
+    tpm_manufacturer_ca: bool = False
+    """swtpm: issue the "TPM manufacturer" CA that signs the software TPMs' EK certificates."""
 
 
 @dataclasses.dataclass
@@ -48,6 +51,7 @@ class KeylimePki(pulumi.ComponentResource):
     ca_cert_pem: pulumi.Output[str]
     servers: dict[Server, IssuedCertificate]
     clients: dict[str, IssuedCertificate]
+    tpm_manufacturer_ca: IssuedCertificate | None
 
     def __init__(self, name: str, args: KeylimePkiArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:pki:KeylimePki", name, None, opts)
@@ -55,17 +59,7 @@ class KeylimePki(pulumi.ComponentResource):
         self._child = pulumi.ResourceOptions(parent=self)
 
         ca_key = self._key("ca")
-        ca = tls.SelfSignedCert(
-            f"{name}-ca",
-            private_key_pem=ca_key.private_key_pem,
-            subject=tls.SelfSignedCertSubjectArgs(common_name="keylime-push CA", organization=ORGANIZATION),
-            is_ca_certificate=True,
-            validity_period_hours=CA_VALIDITY_HOURS,
-            early_renewal_hours=CA_EARLY_RENEWAL_HOURS,
-            allowed_uses=CA_USES,
-            set_subject_key_id=True,
-            opts=self._child,
-        )
+        ca = self._self_signed_ca(f"{name}-ca", ca_key, "keylime-push CA")
         self.ca_cert_pem = ca.cert_pem
         self.servers = {
             server: self._issue(f"keylime-{server}", SERVER_USES, args.server_sans[server], ca, ca_key)
@@ -73,7 +67,29 @@ class KeylimePki(pulumi.ComponentResource):
         }
         no_sans = SubjectAltNames(dns_names=(), ip_addresses=())
         self.clients = {client: self._issue(f"keylime-{client}", CLIENT_USES, no_sans, ca, ca_key) for client in CLIENTS}
+        self.tpm_manufacturer_ca = self._tpm_manufacturer_ca() if args.tpm_manufacturer_ca else None
         self.register_outputs({"ca_cert_pem": self.ca_cert_pem})
+
+    def _tpm_manufacturer_ca(self) -> IssuedCertificate:
+        """A CA of its own, apart from the servers' CA: trusting it for EKs must not trust any TLS peer, and
+        its key goes to every agent cluster (swtpm_localca signs with it there)."""
+        key = self._key("tpm-manufacturer")
+        cert = self._self_signed_ca(f"{self._name}-tpm-manufacturer-ca", key, "keylime-push TPM manufacturer")
+        return IssuedCertificate(cert_pem=cert.cert_pem, private_key_pem=pulumi.Output.secret(key.private_key_pem))
+
+    def _self_signed_ca(self, resource_name: str, key: tls.PrivateKey, common_name: str) -> tls.SelfSignedCert:
+        return tls.SelfSignedCert(
+            resource_name,
+            private_key_pem=key.private_key_pem,
+            subject=tls.SelfSignedCertSubjectArgs(common_name=common_name, organization=ORGANIZATION),
+            is_ca_certificate=True,
+            validity_period_hours=CA_VALIDITY_HOURS,
+            early_renewal_hours=CA_EARLY_RENEWAL_HOURS,
+            allowed_uses=CA_USES,
+            # swtpm_localca cannot sign with an issuer certificate that has no subject key id.
+            set_subject_key_id=True,
+            opts=self._child,
+        )
 
     def _key(self, role: str) -> tls.PrivateKey:
         return tls.PrivateKey(

@@ -30,6 +30,8 @@ NAMESPACE = "keylime-push"
 TpmMode = Literal["swtpm", "hwtpm"]
 ImageSource = Literal["upstream", "local"]
 TPM_MODES: tuple[TpmMode, ...] = ("swtpm", "hwtpm")
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+TAINT_EFFECTS: tuple[TaintEffect, ...] = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 IMAGE_SOURCES: tuple[ImageSource, ...] = ("upstream", "local")
 PulumiType = Literal["string", "integer", "boolean", "array"]
 
@@ -295,11 +297,23 @@ class Settings(BaseModel):
         "(agentClusters=1 only).",
     )
     require_ek_cert: Annotated[bool, Key("true | false", _boolean, "boolean")] = Field(
-        # Production (hwtpm) requires EK certificates; swtpm's are signed by a CA made inside the pod.
+        # Production (hwtpm) requires EK certificates; swtpm's are signed by the program's "TPM manufacturer" CA.
         default_factory=lambda settings: settings.get("tpm_mode") == "hwtpm",
         alias="requireEkCert",
-        description="Tenant refuses agents whose EK certificate it cannot verify. Stack files set it: false for "
-        "swtpm, true for hwtpm.",
+        description="Only agents whose EK certificate chains to the EK trust store are enrolled (the attestation "
+        "controller checks; swtpm: the program's TPM manufacturer CA). Stack files set it: false for swtpm, true for hwtpm.",
+    )
+    taint_effect: Annotated[TaintEffect, Key(" | ".join(TAINT_EFFECTS), _choice(TAINT_EFFECTS))] = Field(
+        "NoSchedule",
+        alias="taintEffect",
+        description="Effect of the attestation controller's taint attestation.keylime.dev/untrusted on a node whose "
+        "agent is FAIL, TIMEOUT or refused: NoSchedule | PreferNoSchedule | NoExecute (evicts what does not tolerate it).",
+    )
+    prometheus_operator: Annotated[bool, Key("true | false", _boolean, "boolean")] = Field(
+        False,
+        alias="prometheusOperator",
+        description="The infra cluster has the Prometheus Operator's CRDs: declare the controller's ServiceMonitor and "
+        "its alerts (PrometheusRule).",
     )
     keylime_version: Annotated[str, Key(VERSION_ALLOWED, _version)] = Field(
         "7.14.3", alias="keylimeVersion", description="Keylime server release (image tag v<version>)."

@@ -32,6 +32,8 @@ STORAGE_POOL = "default"
 ROOT_DISK_BYTES = 20 * 1024**3
 SCRIPTS = Path(__file__).with_name("scripts")
 LOAD_SCRIPT = "components/scripts/vm-load-images.sh"
+# kubeadm's API server port on the VM's own address (which its certificate carries).
+KUBEADM_API_SERVER_PORT = 6443
 DEVICE_PLUGIN_IMAGE = "ghcr.io/squat/generic-device-plugin:0.1.0"
 DEVICE_PLUGIN_LABELS = {"app.kubernetes.io/name": "generic-device-plugin"}
 # UEFI firmware with Secure Boot and Microsoft's keys enrolled (Debian/Ubuntu's ovmf package), so the VM's
@@ -70,6 +72,8 @@ class VtpmVm(pulumi.ComponentResource):
     daemon_set: k8s.apps.v1.DaemonSet
     boot_log: pulumi.Output[str]
     """The VM's UEFI event log (base64) as it booted: what a measured-boot reference state is made from."""
+    api_server: str
+    machine: pulumi.Resource
 
     def __init__(self, name: str, args: VtpmVmArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:vm:VtpmVm", name, None, opts)
@@ -149,6 +153,8 @@ class VtpmVm(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(on_libvirt, pulumi.ResourceOptions(delete_before_replace=True)),
         )
         self.identity = self.domain.id
+        self.machine = self.domain
+        self.api_server = f"https://{address}:{KUBEADM_API_SERVER_PORT}"
 
         connection = command.remote.ConnectionArgs(
             host=address,

@@ -147,17 +147,13 @@ def agent_cluster_alone() -> tuple[ProgramRun, dict[str, object]]:
 
     def declare() -> None:
         command_provider, docker_provider = command.Provider("command"), docker.Provider("docker")
-        build = docker.Image(
-            "agent-build", image_name="example/agent:1", skip_push=True, opts=pulumi.ResourceOptions(provider=docker_provider)
-        )
-        pod = AgentPodArgs(
-            image=BuiltImage("example/agent:1", build), agent_conf=ALONE_AGENT_CONF, uid=1234, gid=2345, ca_cert_pem="CA"
-        )
-        host: AgentHost = AgentCluster(
-            "alone",
-            AgentClusterArgs("keylime-ci-agents-3", "keylime-push/ci", agent=pod),
-            pulumi.ResourceOptions(providers=[command_provider, docker_provider]),
-        )
+        build = docker.Image("agent-build", image_name="example/agent:1", skip_push=True,
+                             opts=pulumi.ResourceOptions(provider=docker_provider))
+        pod = AgentPodArgs(image=BuiltImage("example/agent:1", build), agent_conf=ALONE_AGENT_CONF, uid=1234, gid=2345,
+                           ca_cert_pem="CA")
+        host: AgentHost = AgentCluster("alone", AgentClusterArgs("keylime-ci-agents-3", "keylime-push/ci", agent=pod,
+                                                                   tpm_manufacturer_ca=None),
+                                       pulumi.ResourceOptions(providers=[command_provider, docker_provider]))
         shown["host_name"] = host.host_name
         host.identity.apply(lambda identity: shown.setdefault("identity", identity))
         host.daemon_set.urn.apply(lambda urn: shown.setdefault("daemon_set", urn))
@@ -191,7 +187,7 @@ def test_alone_the_agent_host_is_the_cluster_its_identity_and_its_daemon_set(age
 @pytest.mark.parametrize("host", [AgentCluster, VtpmVm])
 def test_every_agent_host_declares_the_agent_host_members_with_their_types(host):
     wanted = inspect.get_annotations(AgentHost, eval_str=True)
-    assert set(wanted) == {"host_name", "identity", "daemon_set"}
+    assert set(wanted) == {"host_name", "identity", "daemon_set", "provider", "api_server", "machine"}
     hints = inspect.get_annotations(host, eval_str=True)
     assert {name: hints.get(name) for name in wanted} == wanted
 

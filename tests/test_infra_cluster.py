@@ -36,7 +36,7 @@ def test_every_keylime_pod_reads_only_its_rendered_config_and_takes_no_service_l
 
 
 def test_the_verifier_runs_in_push_mode_by_file_and_by_environment(swtpm):
-    (config,) = kube_objects(swtpm, "ConfigMap", "infra")
+    (config,) = [c for c in kube_objects(swtpm, "ConfigMap", "infra") if c.plain["metadata"]["name"] == "keylime-config"]
     verifier = configparser.RawConfigParser()
     verifier.read_string(config.plain["data"]["verifier.conf"])
     assert verifier["verifier"]["mode"] == "push"
@@ -63,12 +63,16 @@ def test_private_keys_live_only_in_secrets_as_pulumi_secrets(swtpm):
     for config_map in kube_objects(swtpm, "ConfigMap"):
         assert "PRIVATE KEY" not in str(config_map.plain)
     secrets = {s.plain["metadata"]["name"]: s for s in kube_objects(swtpm, "Secret", "infra")}
-    assert set(secrets) == {"keylime-registrar-tls", "keylime-verifier-tls", "keylime-tenant-tls"}
+    assert set(secrets) == {
+        "keylime-registrar-tls", "keylime-verifier-tls", "keylime-tenant-tls",
+        "keylime-attestation-controller-tls", "keylime-attestation-controller-clusters",
+    }
     for secret in secrets.values():
         assert is_secret(secret.inputs["stringData"])
     assert "server-private.pem" in secrets["keylime-registrar-tls"].plain["stringData"]
     assert "client-private.pem" in secrets["keylime-verifier-tls"].plain["stringData"]
     assert "server-private.pem" not in secrets["keylime-tenant-tls"].plain["stringData"]
+    assert "client-private.pem" in secrets["keylime-attestation-controller-tls"].plain["stringData"]
 
 
 @pytest.mark.parametrize("component", ["registrar", "verifier", "tenant"])
@@ -108,6 +112,7 @@ def test_only_the_server_ports_accept_connections(swtpm):
         "keylime-default-deny-ingress": [],
         "keylime-registrar-ingress": [8890, 8891],
         "keylime-verifier-ingress": [8881],
+        "keylime-attestation-controller-metrics-ingress": [9090],
     }
 
 

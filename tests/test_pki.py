@@ -17,12 +17,12 @@ SELF_SIGNED = "tls:index/selfSignedCert:SelfSignedCert"
 
 def test_every_key_is_ecdsa_p256_not_the_provider_default_p224(swtpm):
     keys = swtpm.of_type(PRIVATE_KEY)
-    assert len(keys) == 5
+    assert len(keys) == 7  # five leaves, the CA, the TPM manufacturer CA (swtpm)
     assert {(k.plain["algorithm"], k.plain["ecdsaCurve"]) for k in keys} == {("ECDSA", "P256")}
 
 
 def test_the_ca_signs_certificates_and_nothing_else(swtpm):
-    (ca,) = swtpm.of_type(SELF_SIGNED)
+    (ca,) = [c for c in swtpm.of_type(SELF_SIGNED) if c.name == "pki-ca"]
     assert ca.plain["isCaCertificate"] is True
     assert set(ca.plain["allowedUses"]) == {"cert_signing", "crl_signing", "digital_signature"}
 
@@ -34,6 +34,7 @@ def test_servers_get_server_auth_and_clients_client_auth(swtpm):
         "pki-verifier-cert": {"digital_signature", "server_auth"},
         "pki-tenant-cert": {"digital_signature", "client_auth"},
         "pki-verifier-client-cert": {"digital_signature", "client_auth"},
+        "pki-attestation-controller-cert": {"digital_signature", "client_auth"},
     }
     assert not any(cert.plain.get("isCaCertificate") for cert in swtpm.of_type(SIGNED))
 
@@ -95,11 +96,21 @@ def pki_alone() -> ProgramRun:
 
 def test_alone_each_server_request_carries_exactly_its_args_sans_and_clients_none(pki_alone):
     requests = {r.name: r.plain for r in pki_alone.of_type("tls:index/certRequest:CertRequest")}
-    assert set(requests) == {"alone-registrar-csr", "alone-verifier-csr", "alone-tenant-csr", "alone-verifier-client-csr"}
+    assert set(requests) == {
+        "alone-registrar-csr",
+        "alone-verifier-csr",
+        "alone-tenant-csr",
+        "alone-verifier-client-csr",
+        "alone-attestation-controller-csr",
+    }
     assert (requests["alone-registrar-csr"]["dnsNames"], requests["alone-registrar-csr"]["ipAddresses"]) == (
-        ["registrar.example"], ["10.0.0.1", "2001:db8::1"])
+        ["registrar.example"],
+        ["10.0.0.1", "2001:db8::1"],
+    )
     assert (requests["alone-verifier-csr"]["dnsNames"], requests["alone-verifier-csr"]["ipAddresses"]) == (
-        ["verifier.example", "verifier"], [])
+        ["verifier.example", "verifier"],
+        [],
+    )
     for client in ("tenant", "verifier-client"):
         assert not requests[f"alone-{client}-csr"].get("dnsNames") and not requests[f"alone-{client}-csr"].get("ipAddresses")
 
@@ -107,7 +118,7 @@ def test_alone_each_server_request_carries_exactly_its_args_sans_and_clients_non
 def test_alone_the_pki_declares_only_its_own_children_and_signs_with_its_own_ca(pki_alone):
     (component,) = pki_alone.of_type("keylime:pki:KeylimePki")
     tls_resources = [r for r in pki_alone.resources if r.type.startswith("tls:index/")]
-    assert len(tls_resources) == 1 + 5 + 4 + 4  # the CA, five keys, four requests, four certificates
+    assert len(tls_resources) == 1 + 6 + 5 + 5  # the CA, six keys, five requests, five certificates
     assert {r.parent for r in tls_resources} == {component.urn}
     for cert in pki_alone.of_type(SIGNED):
         assert cert.plain["caCertPem"] == fake_pem("CERTIFICATE", "alone-ca")
@@ -116,7 +127,7 @@ def test_alone_the_pki_declares_only_its_own_children_and_signs_with_its_own_ca(
 
 def test_every_certificate_renews_well_before_it_expires(swtpm):
     certificates = swtpm.of_type(SIGNED) + swtpm.of_type(SELF_SIGNED)
-    assert len(certificates) == 5
+    assert len(certificates) == 7  # five leaves, the CA, the TPM manufacturer CA (swtpm)
     for cert in certificates:
         validity, early = cert.plain["validityPeriodHours"], cert.plain.get("earlyRenewalHours", 0)
         assert 24 * 30 <= early <= validity // 4, cert.name

@@ -68,7 +68,8 @@ def test_a_node_port_change_rolls_the_agents_that_dial_it(run, swtpm):
 def test_the_session_limit_growing_past_12_agents_rolls_the_verifier_and_nothing_else_of_the_infra(run):
     twelve, thirteen = digests(run("swtpm", agentClusters=12)), digests(run("swtpm", agentClusters=13))
     infra = lambda d: {k: v for k, v in d.items() if k[0] == "infra-k8s"}  # noqa: E731
-    assert changed(infra(twelve), infra(thirteen)) == {"keylime-verifier"}
+    # The attestation controller rolls too: a 13th cluster is a 13th kubeconfig it reads.
+    assert changed(infra(twelve), infra(thirteen)) == {"keylime-verifier", "keylime-attestation-controller"}
 
 
 def test_nothing_rolls_when_nothing_changes(run, swtpm):

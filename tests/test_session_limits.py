@@ -99,7 +99,7 @@ def test_the_model_refuses_the_sizing_this_program_rendered_before(agents):
 
 def test_the_declared_configs_carry_the_sizing_and_nothing_overrides_the_agents_pace(run):
     program = run("swtpm", agentClusters=4)
-    (infra,) = kube_objects(program, "ConfigMap", "infra")
+    (infra,) = [c for c in kube_objects(program, "ConfigMap", "infra") if c.plain["metadata"]["name"] == "keylime-config"]
     parser = configparser.RawConfigParser()
     parser.read_string(infra.plain["data"]["verifier.conf"])
     assert int(parser["verifier"]["session_create_rate_limit_per_ip"]) == 60

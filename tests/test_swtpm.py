@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from helpers import ROOT, pod_spec
 
 from components.agent_workload import SWTPM_CTRL_PORT, SWTPM_PORT
+from controller.ek import TrustStore
 from tools.lab.staging import reachable_temp_dir
 
 INIT_SCRIPT = ROOT / "components" / "scripts" / "swtpm-init.sh"
@@ -52,8 +59,10 @@ def state_dir():
     shutil.rmtree(parent)
 
 
-def run_init(state_dir) -> subprocess.CompletedProcess:
+def run_init(state_dir, manufacturer_ca: Path | None = None) -> subprocess.CompletedProcess:
     env = {"PATH": os.environ["PATH"], "SWTPM_STATE_DIR": str(state_dir), "HOME": str(state_dir)}
+    if manufacturer_ca is not None:
+        env["TPM_MANUFACTURER_CA_DIR"] = str(manufacturer_ca)
     script = state_dir.parent / INIT_SCRIPT.name
     return subprocess.run(as_agent(["/bin/bash", str(script)]), env=env, capture_output=True, text=True, check=False)
 
@@ -99,3 +108,67 @@ def test_the_sidecar_command_serves_the_tpm_and_its_probe_sees_it(swtpm, state_d
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def manufacturer_ca(folder: Path) -> Path:
+    """A CA as KeylimePki issues the "TPM manufacturer" (ECDSA P-256, self-signed, CA uses, a subject key id),
+    readable as a mounted Secret."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keylime-push TPM manufacturer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir()
+    (folder / "signkey.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (folder / "issuercert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    for path in (folder, *folder.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
+
+
+def ek_certificate(state_dir) -> bytes:
+    """The RSA EK certificate the TPM holds, read over the sidecar's command line."""
+    port = free_port_pair()
+    server = subprocess.Popen(
+        as_agent(["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state_dir}", "--flags", "startup-clear",
+                  "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
+                  "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1"]),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        tcti = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=localhost,port={port}"}
+        out = state_dir.parent / "ekcert.der"
+        deadline = time.monotonic() + 10
+        while subprocess.run(["tpm2_nvread", RSA_EK_CERT_INDEX, "-o", str(out)], env=tcti, capture_output=True,
+                             check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the EK certificate could not be read"
+            time.sleep(0.2)
+        return out.read_bytes()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_the_ek_is_signed_by_the_manufacturer_ca_when_one_is_given_and_only_then(state_dir):
+    ca = manufacturer_ca(state_dir.parent / "manufacturer")
+    trust_dir = state_dir.parent / "trust"
+    trust_dir.mkdir()
+    shutil.copy(ca / "issuercert.pem", trust_dir / "tpm-manufacturer.pem")
+    trust = TrustStore.load(trust_dir)
+    assert run_init(state_dir, ca).returncode == 0
+    assert trust.untrusted_reason(ek_certificate(state_dir)) is None
+    other = state_dir.parent / "other"
+    other.mkdir()
+    os.chown(other, AGENT_UID, AGENT_UID)
+    assert run_init(other).returncode == 0
+    assert trust.untrusted_reason(ek_certificate(other)) is not None

@@ -8,6 +8,7 @@ compute (certificates, command stdout), deterministically, so two runs record id
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import json
@@ -105,6 +106,9 @@ class Resource(pulumi_internals.Registration):
         }
 
 
+SERVICE_ACCOUNT_TOKEN = "kubernetes.io/service-account-token"
+
+
 def fake_pem(kind: str, name: str) -> str:
     digest = hashlib.sha256(f"{kind}:{name}".encode()).hexdigest()
     return f"-----BEGIN {kind}-----\n{digest}\n-----END {kind}-----\n"
@@ -127,6 +131,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["certRequestPem"] = fake_pem("CERTIFICATE REQUEST", args.name)
         elif args.typ in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
             state["certPem"] = fake_pem("CERTIFICATE", args.name)
+        elif args.typ == "kubernetes:core/v1:Secret" and args.inputs.get("type") == SERVICE_ACCOUNT_TOKEN:
+            # What the cluster's token controller writes into a token Secret (the provider waits for it).
+            state["data"] = {
+                "token": base64.b64encode(f"token-of-{args.name}".encode()).decode(),
+                "ca.crt": base64.b64encode(fake_pem("CERTIFICATE", f"{args.name}-cluster-ca").encode()).decode(),
+            }
         elif args.typ == "command:local:Command":
             state["stdout"] = self.command_stdout(args.name, reveal(args.inputs))
             state["stderr"] = ""

@@ -44,13 +44,6 @@ def tls_files(infra) -> Tls:
                str(tls_dir / infra.option("tenant", "client_key")))
 
 
-def local_ca(agent) -> Path:
-    """The EK-signing CA swtpm-init.sh keeps in the agent pod's TPM state."""
-    init = agent.init["name"]
-    state = agent.pod.declared_env(init)["SWTPM_STATE_DIR"]
-    return agent.pod.path(init, f"{state}/localca/issuercert.pem")
-
-
 class Scrape:
     def __init__(self, port: int):
         self.url = f"http://127.0.0.1:{port}/metrics"
@@ -89,13 +82,13 @@ def world(lab, infra, tmp_path):
     for uuid in verifier.agents():  # what earlier lab tests enrolled (the next test that uses it enrolls it afresh)
         verifier.delete(uuid)
     a = lab.new_agent("controller-a")
-    b = lab.new_agent("controller-b")
+    b = lab.new_agent("controller-b", foreign_ek=True)
     c = lab.new_agent("controller-c")
     d = lab.new_agent("controller-d")
     store = tmp_path / "ek-trust"
     store.mkdir()
-    for agent in (a, c, d):  # b's EK is signed by a CA the store does not have
-        (store / f"{agent.workdir.name}.pem").write_bytes(local_ca(agent).read_bytes())
+    # The program's TPM manufacturer CA, which signed a's, c's and d's EKs in swtpm-init.sh; b's TPM signed its own.
+    (store / "tpm-manufacturer.pem").write_text(lab.pki.output("pki-tpm-manufacturer-ca"))
     controller = Controller(registrar, verifier, {CLUSTER: cluster}, lambda: policy["value"], TrustStore.load(store))
     registry = CollectorRegistry()
     collector = ControllerCollector(lambda: controller.last)

@@ -6,6 +6,7 @@ piece starts on first use and `close()` stops what started, in reverse order.
 
 from __future__ import annotations
 
+import copy
 import ctypes.util
 import itertools
 import json
@@ -21,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from components import boot_log
+from components.attestation_controller import NAME as CONTROLLER_NAME
 from tools.offline import ProgramRun, run_program
 
 from .agent import AK_HANDLE, EmulatedAgent
@@ -148,6 +150,13 @@ def node_port_target(cluster_: Cluster, node_port: int) -> int:
     raise KeyError(f"no Service publishes NodePort {node_port}")
 
 
+def served(cluster_: Cluster) -> dict:
+    """The objects of what the lab runs from the declarations: not the attestation controller's (its policy follows
+    tpmPolicy by design; the lab runs the controller itself, tests/lab/test_controller.py)."""
+    return {key: body for key, body in cluster_.objects.items()
+            if (body["metadata"].get("labels") or {}).get("app.kubernetes.io/name") != CONTROLLER_NAME}
+
+
 class Lab:
     def __init__(
         self,
@@ -190,8 +199,8 @@ class Lab:
         other.overrides = {**self.overrides, **overrides}
         for derived in ("program", "infra_cluster", "agent_cluster"):
             other.__dict__.pop(derived, None)
-        changed = other.agent_cluster.objects != self.agent_cluster.objects
-        if other.infra_cluster.objects != self.infra_cluster.objects or (changed and not new_agent_pod):
+        changed = served(other.agent_cluster) != served(self.agent_cluster)
+        if served(other.infra_cluster) != served(self.infra_cluster) or (changed and not new_agent_pod):
             raise ValueError(f"{dict(overrides)} changes what the servers or the agent run; start a new Lab for it")
         if changed:
             for derived in ("agent_pod", "agent_conf", "agent_ca", "agent_boot_log", "agent"):
@@ -288,12 +297,17 @@ class Lab:
         """The CA file the push agent verifies the verifier with (agent.conf's verifier_tls_ca_cert, in its pod)."""
         return self.agent_pod.path(self.agent_pod.spec["containers"][0]["name"], self.agent_conf["verifier_tls_ca_cert"])
 
-    def new_agent(self, name: str) -> EmulatedAgent:
+    def new_agent(self, name: str, foreign_ek: bool = False) -> EmulatedAgent:
         """An agent pod on a node of its own (`name`): its TPM initialised and served as declared, with an EK
-        and an AK in it. `lab.agent_pod_on(name)` gives the pod that replaces it (`agent.restart`)."""
+        and an AK in it. `lab.agent_pod_on(name)` gives the pod that replaces it (`agent.restart`). `foreign_ek`:
+        its EK certificate is signed by a CA its swtpm makes, not by the program's TPM manufacturer CA."""
         if self.boot_log is not None:
             self._install_boot_log(self.boot_log)
         pod = self.agent_pod if name == "agent" else self.agent_pod_on(name)
+        if foreign_ek:
+            pod.spec = copy.deepcopy(pod.spec)  # the declared spec is shared with every other pod
+            for container in pod.spec["initContainers"]:
+                container["env"] = [e for e in container.get("env", []) if e["name"] != "TPM_MANUFACTURER_CA_DIR"]
         emulated = EmulatedAgent(pod, self.root / self.agent_dir / "agents" / name)
         self._stops.append(emulated.stop)
         emulated.start()
