@@ -101,6 +101,7 @@ system-packages:
 
 test: system-packages $(VENV)/.installed $(VALIDATORS_VENV)/.installed $(LAB_VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	VALIDATORS_BIN=$(CURDIR)/$(VALIDATORS_VENV)/bin LAB_BIN=$(CURDIR)/$(LAB_VENV)/bin $(VENV)/bin/python -m pytest
 
 # Before a long `pulumi up`: the stack's servers, certificates and policies, tried for real in seconds;

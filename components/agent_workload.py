@@ -166,7 +166,8 @@ def _swtpm_containers(image: str, security: dict[str, Any], measured_boot: bool,
             ],
             "startupProbe": {"exec": {"command": ["test", "-e", BOOTED_MARKER]}, "periodSeconds": 1, "failureThreshold": 30},
         }
-        mounts.append({"name": "config", "mountPath": SCRIPTS_DIR, "readOnly": True})
+        # a Kubernetes volume mount, whose readOnly is a bool
+        mounts.append({"name": "config", "mountPath": SCRIPTS_DIR, "readOnly": True})  # type: ignore[dict-item]
     return [
         {
             # Creates the TPM's EK and EK certificate once per node, as the agent's own user: the

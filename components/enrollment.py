@@ -44,7 +44,7 @@ class Enrollment(pulumi.ComponentResource):
             # Runs while the infra cluster still exists: this resource depends on its tenant.
             delete=f"{ENROLL_SCRIPT} delete",
             environment={
-                **access,
+                **access,  # type: ignore[dict-item]  # access holds str and Output[str] values only
                 "TPM_POLICY": args.tpm_policy_json,
                 "MB_POLICY": args.mb_policy_json,
                 "WAIT_SECONDS": str(REGISTRATION_WAIT_SECONDS),
@@ -64,7 +64,8 @@ class Enrollment(pulumi.ComponentResource):
             create=f"{ENROLL_SCRIPT} verify",
             update=f"{ENROLL_SCRIPT} verify",
             # Re-verifies exactly when the enrolled set or its policy changed.
-            environment={**access, "ENROLLED": self.enrolled, "TPM_POLICY": args.tpm_policy_json,
+            # access holds str and Output[str] values only
+            environment={**access, "ENROLLED": self.enrolled, "TPM_POLICY": args.tpm_policy_json,  # type: ignore[dict-item]
                          "MB_POLICY": args.mb_policy_json, "WAIT_SECONDS": str(ATTESTATION_WAIT_SECONDS)},
             logging=command.local.Logging.STDERR,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[enroll])),

@@ -272,7 +272,7 @@ class Settings(BaseModel):
         int, _integer_key(1, MAX_AGENT_CLUSTERS, f"an integer 1..{MAX_AGENT_CLUSTERS}")
     ] = Field(2, alias="agentClusters", description="Number of agent Kind clusters, one agent each: 1..64 (hwtpm: 1, the VM).")
     tpm_policy: Annotated[tuple[tuple[int, tuple[str, ...]], ...], Key(POLICY_ALLOWED, _tpm_policy)] = Field(
-        json.dumps({"8": ZERO_DIGEST}),
+        json.dumps({"8": ZERO_DIGEST}),  # type: ignore[arg-type]  # pydantic validates the JSON text default into the tuple form
         alias="tpmPolicy",
         description="JSON object: PCR index 0..23 (not 10, IMA; not 16, debug) -> sha256 digest (64 hex) or a list "
         "of them; at least one PCR; digests are lower-cased.",
@@ -343,7 +343,7 @@ class Settings(BaseModel):
         description="Verifier HTTPS NodePort agents attest to, 30000..32767, distinct from the registrar's two.",
     )
     extra_sans: Annotated[tuple[str, ...], Key("a list of IP addresses or DNS names", _sans, "array")] = Field(
-        [],
+        [],  # type: ignore[arg-type]  # pydantic validates the list default into a tuple
         alias="extraSans",
         description="Extra IP addresses or DNS names added to the server certificates (and dialable by clients).",
     )
@@ -427,14 +427,17 @@ def key_of(field: FieldInfo) -> Key:
 KEYS = tuple(field.alias for field in FIELDS.values())
 # The keys with a default of their own (the others are set by the stack files, or only apply under a condition).
 DEFAULTS: dict[str, object] = {
-    field.alias: field.default for field in FIELDS.values() if field.default not in (None, PydanticUndefined)
+    # every field of Settings declares an alias
+    field.alias: field.default for field in FIELDS.values() if field.default not in (None, PydanticUndefined)  # type: ignore[misc]
 }
 # What Pulumi.yaml declares: Pulumi config has no null, so a key that only applies under a condition is "".
 DECLARED_DEFAULTS: dict[str, object] = {
-    field.alias: DEFAULTS.get(field.alias, "") for field in FIELDS.values() if field.alias in DEFAULTS or key_of(field).only_when
+    # every field of Settings declares an alias
+    field.alias: DEFAULTS.get(field.alias, "") for field in FIELDS.values() if field.alias in DEFAULTS or key_of(field).only_when  # type: ignore[misc, arg-type]
 }
 # Each setting validated on its own, through the field's own definition: a bad value must not hide another problem.
-_VALIDATORS = {name: TypeAdapter(Annotated[field.annotation, *field.metadata]) for name, field in FIELDS.items()}
+# a runtime-built Annotated type, which mypy cannot follow
+_VALIDATORS = {name: TypeAdapter(Annotated[field.annotation, *field.metadata]) for name, field in FIELDS.items()}  # type: ignore[var-annotated, arg-type]
 
 
 class SettingsError(ValueError):
@@ -509,7 +512,7 @@ def parse_settings(raw: Mapping[str, str | None], stack: str = "dev") -> Setting
         if key.only_when is not None and settings.get(key.only_when[0]) != key.only_when[1]:
             settings[name] = None
             continue
-        text = raw.get(field.alias)
+        text = raw.get(field.alias)  # type: ignore[arg-type]  # every field of Settings declares an alias
         if text is None:
             if field.default_factory is not None:
                 settings[name] = field.get_default(call_default_factory=True, validated_data=settings)
@@ -522,7 +525,8 @@ def parse_settings(raw: Mapping[str, str | None], stack: str = "dev") -> Setting
             settings[name] = _VALIDATORS[name].validate_python(text)
         except ValidationError as error:
             detail = error.errors()[0]["ctx"]["detail"]
-            problems.append(_refusal(field.alias, text, key.allowed + (f" ({detail})" if detail else "")))
+            # every field of Settings declares an alias
+            problems.append(_refusal(field.alias, text, key.allowed + (f" ({detail})" if detail else "")))  # type: ignore[arg-type]
     problems.extend(_cross_key_problems(settings))
     if problems:
         raise SettingsError(problems)
@@ -534,5 +538,6 @@ def load_settings() -> Settings:
     import pulumi
 
     config = pulumi.Config(NAMESPACE)
-    raw = {key: value for key in KEYS if (value := config.get(key)) is not None}
-    return parse_settings(raw, pulumi.get_stack())
+    # KEYS are the fields' aliases, all declared
+    raw = {key: value for key in KEYS if (value := config.get(key)) is not None}  # type: ignore[arg-type]
+    return parse_settings(raw, pulumi.get_stack())  # type: ignore[arg-type]  # KEYS are the fields' aliases, all declared

@@ -85,8 +85,10 @@ class VtpmVm(pulumi.ComponentResource):
         # Our own keys: the host logs in with one and pins the VM's host key from the other.
         login_key = tls.PrivateKey(f"{name}-ssh-key", algorithm="ED25519", opts=child)
         host_key = tls.PrivateKey(f"{name}-ssh-host-key", algorithm="ED25519", opts=child)
-        login_private_key = pulumi.Output.secret(login_key.private_key_openssh)
-        host_private_key = pulumi.Output.secret(host_key.private_key_openssh)
+        # pulumi's Output.secret typing cannot infer from an Output[str] argument
+        login_private_key = pulumi.Output.secret(login_key.private_key_openssh)  # type: ignore[var-annotated, arg-type]
+        # pulumi's Output.secret typing cannot infer from an Output[str] argument
+        host_private_key = pulumi.Output.secret(host_key.private_key_openssh)  # type: ignore[var-annotated, arg-type]
 
         network = self.network = libvirt.Network(
             f"{name}-network",
@@ -132,7 +134,8 @@ class VtpmVm(pulumi.ComponentResource):
             network_config=network_config,
             opts=on_libvirt,
         )
-        self.domain = libvirt.Domain(
+        # guest[...] values come from a plain dict the provider's overloads cannot match
+        self.domain = libvirt.Domain(  # type: ignore[call-overload]
             f"{name}-domain",
             name=VM_NAME,
             machine=guest["machine"],
@@ -146,7 +149,8 @@ class VtpmVm(pulumi.ComponentResource):
             disks=[libvirt.DomainDiskArgs(volume_id=root.id)],
             cloudinit=seed.id,
             network_interfaces=[libvirt.DomainNetworkInterfaceArgs(network_id=network.id, addresses=[address])],
-            tpm=libvirt.DomainTpmArgs(**guest["tpm"]),
+            # guest['tpm'] is a dict of DomainTpmArgs keywords
+            tpm=libvirt.DomainTpmArgs(**guest["tpm"]),  # type: ignore[arg-type]
             consoles=[libvirt.DomainConsoleArgs(type="pty", target_port="0", target_type="serial")],
             autostart=True,
             # The domain's name is a singleton on the host: the old one must go before its replacement.

@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from kubernetes import client as kube_client
+from kubernetes import client as kube_client  # type: ignore[import-untyped]  # the kubernetes client ships no types
 from kubernetes import config as kube_config
 
 from .ek import TrustStore

@@ -91,9 +91,12 @@ def verdict(record: Mapping[str, object] | None, policy: str | Mapping[str, obje
     if record is None:
         return "not enrolled at the verifier"
     status = record.get("attestation_status")
-    count = int(record.get("attestation_count") or 0)
-    if policy is not None and canonical_policy(record.get("tpm_policy")) != canonical_policy(policy):
-        return f"enrolled with another TPM policy ({json.dumps(canonical_policy(record.get('tpm_policy')))}), not re-enrolled yet"
+    # verifier JSON record: attestation_count is a number
+    count = int(record.get("attestation_count") or 0)  # type: ignore[call-overload]
+    # verifier JSON record: tpm_policy is a JSON string or object
+    if policy is not None and canonical_policy(record.get("tpm_policy")) != canonical_policy(policy):  # type: ignore[arg-type]
+        # verifier JSON record: tpm_policy is a JSON string or object
+        return f"enrolled with another TPM policy ({json.dumps(canonical_policy(record.get('tpm_policy')))}), not re-enrolled yet"  # type: ignore[arg-type]
     if status == PASS:
         return None
     if status == FAIL:

@@ -53,7 +53,8 @@ class Placement:
     @classmethod
     def from_verifier(cls, record: Mapping[str, object]) -> Placement | None:
         try:
-            meta = json.loads(record.get("meta_data") or "{}")
+            # verifier JSON record: meta_data is a JSON string; TypeError is caught below
+            meta = json.loads(record.get("meta_data") or "{}")  # type: ignore[arg-type]
             return cls(str(meta["cluster"]), str(meta["node"]), str(meta["address"]))
         except (ValueError, KeyError, TypeError):
             return None
@@ -187,12 +188,15 @@ def plan(snapshot: Snapshot, policy: str | Mapping[str, object], trust: TrustSto
 
     running_on = {verdict.uuid: verdict.pod for verdict in result.nodes if verdict.uuid is not None}
     for uuid, record in sorted(verifier.items()):
-        placement = placements.get(uuid) or running_on.get(uuid)
+        # AgentPod has the cluster and node read below, as Placement does
+        placement = placements.get(uuid) or running_on.get(uuid)  # type: ignore[assignment]
         if placement is None:
             continue
         result.agents.append(AgentView(uuid, placement.cluster, placement.node, str(record.get("attestation_status")),
-                                       int(record.get("attestation_count") or 0),
-                                       float(record.get("last_successful_attestation") or 0)))
+                                       # verifier JSON record: attestation_count is a number
+                                       int(record.get("attestation_count") or 0),  # type: ignore[call-overload]
+                                       # verifier JSON record: last_successful_attestation is a number
+                                       float(record.get("last_successful_attestation") or 0)))  # type: ignore[arg-type]
     result.agents.extend(AgentView(e.uuid, e.pod.cluster, e.pod.node, PENDING, 0, 0.0) for e in result.enroll if not e.replace)
     result.agents.sort(key=lambda agent: agent.uuid)
     return result

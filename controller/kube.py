@@ -11,8 +11,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client  # type: ignore[import-untyped]  # the kubernetes client ships no types
+from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]  # the kubernetes client ships no types
 from urllib3.exceptions import HTTPError
 
 from .backoff import Backoff, Transient

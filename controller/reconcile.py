@@ -133,8 +133,8 @@ class Controller:
             except Unavailable as error:
                 errors.append(f"enroll {enrollment.uuid}: {error}")
         self._gate(decision, nodes, errors)
-        for error in errors:
-            log.warning("%s", error)
+        for problem in errors:
+            log.warning("%s", problem)
         self.last = Outcome(snapshot, decision, errors, time.monotonic() - started, time.time())
         return self.last
 

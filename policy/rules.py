@@ -247,7 +247,7 @@ def validate_agent_security_context(args: ResourceValidationArgs, report_violati
         if get(context, "readOnlyRootFilesystem") is not True:
             problems.append("readOnlyRootFilesystem is not true")
         if problems:
-            report_violation(f"{describe(args)}, agent container '{get(container, 'name')}': " + "; ".join(problems))
+            report_violation(f"{describe(args)}, agent container '{get(container, 'name')}': " + "; ".join(problems), None)
 
 
 def reads_boot_log(props: Any, container: Any) -> bool:
@@ -311,13 +311,14 @@ def validate_no_privilege_without_reason(args: ResourceValidationArgs, report_vi
     if name not in exceptions:
         report_violation(
             f"{describe(args)}: " + "; ".join(what for _, what in asked)
-            + f". Only the documented exceptions {exceptions} may; make this workload non-root and unprivileged"
+            + f". Only the documented exceptions {exceptions} may; make this workload non-root and unprivileged",
+            None,
         )
         return
     reasons = waivers(args.props)
     unexplained = [f"{what} (annotate checkov.io/skipN: {check}=<why>)" for check, what in asked if not reasons.get(check)]
     if unexplained:
-        report_violation(f"{describe(args)} is a documented exception but does not say why: " + "; ".join(unexplained))
+        report_violation(f"{describe(args)} is a documented exception but does not say why: " + "; ".join(unexplained), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,11 +331,12 @@ def validate_explicit_provider(args: ResourceValidationArgs, report_violation: R
         return
     provider = args.provider
     if provider is None:
-        report_violation(f"{describe(args)} names no provider")
+        report_violation(f"{describe(args)} names no provider", None)
     elif provider.name == "default" or provider.name.startswith("default_"):
         report_violation(
             f"{describe(args)} uses the default {package} provider ({provider.urn}); pass an explicit provider "
-            + ("(a default Kubernetes provider deploys to whatever ~/.kube/config points at)" if package == "kubernetes" else "")
+            + ("(a default Kubernetes provider deploys to whatever ~/.kube/config points at)" if package == "kubernetes" else ""),
+            None,
         )
 
 
@@ -385,7 +387,7 @@ def validate_images_pinned(args: ResourceValidationArgs, report_violation: Repor
             continue
         problem = image_problem(reference)
         if problem:
-            report_violation(f"{describe(args)}: {where} '{reference}' {problem}; pin a version tag or a digest")
+            report_violation(f"{describe(args)}: {where} '{reference}' {problem}; pin a version tag or a digest", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +434,8 @@ def validate_key_material_in_secrets(args: ResourceValidationArgs, report_violat
         if what:
             report_violation(
                 f"{describe(args)}: {path} holds {what}; put it in a Kubernetes Secret (or a Command's environment) "
-                "from a Pulumi secret, never in a plain object, a command line or a build argument"
+                "from a Pulumi secret, never in a plain object, a command line or a build argument",
+                None,
             )
     if args.resource_type in COMMAND_TYPES and READS_KUBECONFIG.search(str(get(args.props, "create", default=""))):
         problems = []
@@ -441,7 +444,7 @@ def validate_key_material_in_secrets(args: ResourceValidationArgs, report_violat
         if get(args.props, "logging", default="stdoutAndStderr") not in QUIET_LOGGING:
             problems.append("its logging shows stdout (set logging to none or stderr)")
         if problems:
-            report_violation(f"{describe(args)} prints a kubeconfig: " + "; ".join(problems))
+            report_violation(f"{describe(args)} prints a kubeconfig: " + "; ".join(problems), None)
 
 
 # ---------------------------------------------------------------------------------------------

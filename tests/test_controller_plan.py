@@ -98,7 +98,8 @@ def test_claims_on_a_node_nobody_holds_by_attesting_are_never_trusted_automatica
 
 
 def test_an_untrusted_ek_is_not_enrolled_and_its_node_is_refused():
-    result = plan(snapshot(["a"], [Registration("a", POD_A.address, "EKDER")]), POLICY, NoTrust())
+    # NoTrust duck-types TrustStore's untrusted_reason
+    result = plan(snapshot(["a"], [Registration("a", POD_A.address, "EKDER")]), POLICY, NoTrust())  # type: ignore[arg-type]
     assert result.enroll == []
     assert [(r.uuid, r.event_reason, r.message) for r in result.refusals] == [
         ("a", "UntrustedEK", "agent a is not enrolled: untrusted EKDER")]
@@ -108,7 +109,8 @@ def test_an_untrusted_ek_is_not_enrolled_and_its_node_is_refused():
 def test_an_agent_enrolled_by_someone_else_is_checked_too_and_removed_if_untrusted():
     record = enrolled(POD_A)
     record["meta_data"] = "{}"  # enrolled by the tenant (deploy-time Command), no placement
-    result = plan(snapshot(["a"], [Registration("a", POD_A.address, "EKDER")], {"a": record}), POLICY, NoTrust())
+    # NoTrust duck-types TrustStore's untrusted_reason
+    result = plan(snapshot(["a"], [Registration("a", POD_A.address, "EKDER")], {"a": record}), POLICY, NoTrust())  # type: ignore[arg-type]
     assert [(r.uuid, r.verifier, r.registrar) for r in result.remove] == [("a", True, False)]
 
 

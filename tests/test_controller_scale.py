@@ -11,7 +11,7 @@ import time
 from collections import Counter
 
 import pytest
-from kubernetes import client as kube_client
+from kubernetes import client as kube_client  # type: ignore[import-untyped]  # the kubernetes client ships no types
 
 from controller.enrollment import stored_form
 from controller.kube import STATUS_LABEL, Cluster
@@ -79,7 +79,8 @@ def fleet(agents: int, clusters: int, steady: bool = True):
         kube[name] = Cluster(name, api, "keylime", "app.kubernetes.io/name=keylime-agent")
     keylime.attest_all()
     keylime.calls.clear()
-    controller = Controller(keylime, keylime, kube, lambda: POLICY, None)
+    # FakeKeylime duck-types both the registrar and the verifier
+    controller = Controller(keylime, keylime, kube, lambda: POLICY, None)  # type: ignore[arg-type]
     return keylime, fakes, controller
 
 

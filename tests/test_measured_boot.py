@@ -102,7 +102,8 @@ def test_agents_are_enrolled_and_verified_with_the_reference_state(run):
 
 def test_a_new_reference_state_changes_what_the_enrollment_command_runs_with(run):
     # Pulumi reruns a Command (its update: enroll.py update, which re-enrolls) exactly when its inputs change.
-    newer = json.dumps({**REFSTATE, "kernels": [*REFSTATE["kernels"], {**REFSTATE["kernels"][0], "kernel_cmdline": "x"}]})
+    # REFSTATE is a JSON reference state whose kernels is a list
+    newer = json.dumps({**REFSTATE, "kernels": [*REFSTATE["kernels"], {**REFSTATE["kernels"][0], "kernel_cmdline": "x"}]})  # type: ignore[misc, index]
     before = run("swtpm", **MEASURED).named("enrollment-enroll").plain
     after = run("swtpm", mbPolicy=newer, tpmPolicy="{}").named("enrollment-enroll").plain
     assert before["environment"]["MB_POLICY"] != after["environment"]["MB_POLICY"]

@@ -54,9 +54,9 @@ def violations(validate, validation_args) -> list[str]:
     return found
 
 
-def summary(found: list[Violation]) -> set[tuple[str, str, int]]:
+def summary(found: list[Violation]) -> set[tuple[str, str, int | str]]:
     """(policy, resource name, host port) for host-port violations; other violations keep their message."""
-    result = set()
+    result: set[tuple[str, str, int | str]] = set()
     for violation in found:
         name = violation.resource.rsplit("::", 1)[-1]
         port = next((int(word) for word in violation.message.split() if word.isdigit() and len(word) == 5), 0)
@@ -557,7 +557,8 @@ def test_dialed_addresses_are_sans_minimal():
     def run(*resources) -> list[tuple[str, str | None]]:
         found = []
         rules.validate_dialed_addresses_are_sans(
-            StackValidationArgs(list(resources), {}), lambda m, urn=None: found.append((m, urn))
+            # a callback with urn optional, as the engine's is; mypy cannot infer a lambda with a default against it
+            StackValidationArgs(list(resources), {}), lambda m, urn=None: found.append((m, urn))  # type: ignore[misc]
         )
         return found
 
@@ -600,7 +601,8 @@ def test_agent_endpoints_published_minimal():
 
     def run(*resources) -> list[str]:
         found: list[str] = []
-        rules.validate_agent_endpoints_published(StackValidationArgs(list(resources), {}), lambda m, urn=None: found.append(m))
+        # a callback with urn optional, as the engine's is; mypy cannot infer a lambda with a default against it
+        rules.validate_agent_endpoints_published(StackValidationArgs(list(resources), {}), lambda m, urn=None: found.append(m))  # type: ignore[misc]
         return found
 
     assert run(agent("192.168.150.1"), kind("192.168.150.1"), service) == []

@@ -28,7 +28,8 @@ def start_pack(configuration: dict[str, str]) -> tuple[subprocess.Popen, analyze
     env = {**os.environ, "PULUMI_CONFIG": json.dumps(configuration), "PULUMI_PROJECT": "keylime-push",
            "PULUMI_STACK": "swtpm", "PULUMI_DRY_RUN": "true"}
     pack = subprocess.Popen([sys.executable, "__main__.py"], cwd=ROOT / "policy", env=env, stdout=subprocess.PIPE)
-    port = int(pack.stdout.readline())  # the pack prints the port it serves on, as the engine expects
+    # stdout=PIPE above, so never None; the pack prints the port it serves on, as the engine expects
+    port = int(pack.stdout.readline())  # type: ignore[union-attr]
     return pack, analyzer_pb2_grpc.AnalyzerStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from helpers import kube_objects, pod_spec
 
@@ -9,7 +11,7 @@ from components.rollout import INPUTS_ANNOTATION, inputs_digest
 from tools.offline import is_secret
 
 
-def workloads(program) -> dict[str, object]:
+def workloads(program) -> dict[tuple[str, str], Any]:
     """(provider, name) -> each Deployment and DaemonSet the program declares that mounts a ConfigMap or Secret."""
     found = {}
     for workload in kube_objects(program, "Deployment") + kube_objects(program, "DaemonSet"):

@@ -33,7 +33,8 @@ def retry_seconds(settings) -> int:
 
 def login_times(retry: int, until: float) -> list[float]:
     """When an agent waiting for enrollment opens sessions, at the earliest (each attempt also takes time)."""
-    times, start = [], 0.0
+    times: list[float] = []
+    start = 0.0
     while start < until:
         times.extend(start + attempt * LOGIN_RETRY_DELAY for attempt in range(LOGIN_ATTEMPTS))
         start += (LOGIN_ATTEMPTS - 1) * LOGIN_RETRY_DELAY + retry

@@ -142,7 +142,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["stderr"] = ""
         return f"{args.name}-id", state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+    # pulumi's Mocks.call declares (outputs, failures); its runtime (mocks.py) also takes the plain outputs dict
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
         raise NotImplementedError(f"the program makes no invokes; got {args.token}")
 
 

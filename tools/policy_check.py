@@ -131,12 +131,14 @@ def evaluate(
                     continue
                 args = resource_args(resource, run, config)
                 policy.validate(
-                    args, lambda message, urn=None, r=resource, p=policy: violations.append(Violation(p.name, r.urn, message))
+                    # a callback with urn optional, as the engine's is; mypy cannot infer a lambda with a default against it
+                    args, lambda message, urn=None, r=resource, p=policy: violations.append(Violation(p.name, r.urn, message))  # type: ignore[misc]
                 )
         elif isinstance(policy, StackValidationPolicy):
             policy.validate(
                 stack_args(run, config),
-                lambda message, urn=None, p=policy: violations.append(Violation(p.name, urn or "", message)),
+                # a callback with urn optional, as the engine's is; mypy cannot infer a lambda with a default against it
+                lambda message, urn=None, p=policy: violations.append(Violation(p.name, urn or "", message)),  # type: ignore[misc]
             )
     return violations
 

@@ -118,4 +118,5 @@ def forget_root_stack() -> None:
 
 def stack_exports() -> dict[str, Any]:
     """What the program exported: under mocks nothing finalises the stack, so read them off its root resource."""
-    return dict(pulumi.runtime.get_root_resource().outputs)
+    # private runtime API: the root resource is a Stack, set before the program runs
+    return dict(pulumi.runtime.get_root_resource().outputs)  # type: ignore[union-attr]

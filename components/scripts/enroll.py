@@ -187,7 +187,8 @@ def add(renew_boot_policy: bool = False) -> dict[str, object]:
     tpm_policy, mb_policy = policies()
     agents = wait_for_registrations(*settings())
     records = {agent: status(agent) for agent in enrolled()}
-    todo = changes(agents, {agent: record.get("tpm_policy") for agent, record in records.items()}, tpm_policy,
+    # verifier JSON record: tpm_policy is a JSON string or object
+    todo = changes(agents, {agent: record.get("tpm_policy") for agent, record in records.items()}, tpm_policy,  # type: ignore[misc]
                    measured_boot=bool(mb_policy))
     for agent in agents:
         boot_differs = agent in records and (renew_boot_policy and bool(mb_policy)

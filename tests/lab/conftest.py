@@ -7,6 +7,7 @@ Nothing here skips: a missing lab virtualenv or tool fails the tests with what t
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def open_lab(**options) -> Lab:
 
 
 @pytest.fixture(scope="session")
-def lab() -> Lab:
+def lab() -> Iterator[Lab]:
     session = open_lab()
     yield session
     session.close()

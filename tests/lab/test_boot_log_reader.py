@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ LOG = boot_log.encode(boot_log.synthetic_boot())
 
 
 @pytest.fixture(scope="module")
-def pod(synthetic_refstate) -> Pod:
+def pod(synthetic_refstate) -> Iterator[Pod]:
     program = run_program("hwtpm", {"mbPolicy": synthetic_refstate, "tpmPolicy": "{}"})
     vm_cluster = cluster(program, "vm-k8s")
     root = Path(tempfile.mkdtemp(prefix="keylime-lab-vm-"))

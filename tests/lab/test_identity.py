@@ -47,7 +47,8 @@ def test_a_replaced_agent_pod_keeps_its_uuid_and_ak_re_registers_and_attests_wit
     assert added.returncode == 0, added.stdout + added.stderr
     lab.push_client(agent).attest_times(1)
     before = verifier_view(infra, uuid)
-    assert before["attestation_status"] == "PASS"
+    # a None record (the verifier does not know the agent) fails the test here, as it should
+    assert before["attestation_status"] == "PASS"  # type: ignore[index]
 
     agent.restart(lab.agent_pod_on("rollout"))
 
@@ -58,8 +59,9 @@ def test_a_replaced_agent_pod_keeps_its_uuid_and_ak_re_registers_and_attests_wit
     assert record["regcount"] == 2 and record["aik_tpm"] == ak
     lab.push_client(agent).attest_times(1)  # a new PoP session with the same AK, no `add` in between
     after = verifier_view(infra, uuid)
-    assert after["attestation_status"] == "PASS"
-    assert after["attestation_count"] > before["attestation_count"]
+    assert after["attestation_status"] == "PASS"  # type: ignore[index]  # None fails the test, as it should
+    # a None record (the verifier does not know the agent) fails the test here, as it should
+    assert after["attestation_count"] > before["attestation_count"]  # type: ignore[index]
 
 
 def test_an_agent_that_lost_its_ak_is_refused_by_the_registrar_for_good(lab, infra, new_agent):

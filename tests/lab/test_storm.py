@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -65,7 +66,10 @@ def restart(storm_lab) -> Callable[..., object]:
     return start
 
 
-def wait_for(condition: Callable[[], object], timeout: float) -> object:
+Found = TypeVar("Found")
+
+
+def wait_for(condition: Callable[[], Found | None], timeout: float) -> Found:
     deadline = time.monotonic() + timeout
     while not (found := condition()):
         if time.monotonic() > deadline:

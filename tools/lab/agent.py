@@ -111,7 +111,8 @@ class EmulatedAgent:
         found = {}
         for option in ("--server", "--ctrl"):
             value = command[command.index(option) + 1]
-            found[option] = int(re.search(r"port=(\d+)", value).group(1))
+            # the option's value always carries port=, as the agent writes it
+            found[option] = int(re.search(r"port=(\d+)", value).group(1))  # type: ignore[union-attr]
         return found
 
     def _env(self, container: str) -> dict[str, str]:
@@ -224,7 +225,8 @@ class EmulatedAgent:
 
     def pcr(self, pcr: int) -> str:
         output = self.tpm("tpm2_pcrread", f"sha256:{pcr}").stdout
-        return re.search(r"0x([0-9A-Fa-f]{64})", output).group(1).lower()
+        # tpm2 prints the digest; an AttributeError here means it did not
+        return re.search(r"0x([0-9A-Fa-f]{64})", output).group(1).lower()  # type: ignore[union-attr]
 
     # --- identity and registration --------------------------------------------------------------
 
@@ -336,7 +338,8 @@ class EmulatedAgent:
                  "-o", "credential.secret", "-P", "session:session.ctx")
         self.tpm("tpm2_flushcontext", "session.ctx", check=False)
         secret = (self.workdir / "credential.secret").read_bytes()
-        auth_tag = hmac.new(base64.b64encode(secret), agent_id.encode(), hashlib.sha384).hexdigest()
+        # agent_id is known once the agent is registered, before activation
+        auth_tag = hmac.new(base64.b64encode(secret), agent_id.encode(), hashlib.sha384).hexdigest()  # type: ignore[union-attr]
         status, answer = self.http("PUT", base, {"auth_tag": auth_tag})
         if status != 200:
             raise RegistrationRefused("activation", status, answer)

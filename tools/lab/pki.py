@@ -20,7 +20,6 @@ import ipaddress
 import json
 import secrets
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -56,7 +55,9 @@ EXTENDED_KEY_USAGES = {
     "ocsp_signing": ExtendedKeyUsageOID.OCSP_SIGNING,
 }
 # ecdsa_curve -> curve, and the hash Go's x509 signs with for a key on that curve.
-CURVES: dict[str, tuple[Callable[[], ec.EllipticCurve], hashes.HashAlgorithm]] = {
+# The hashes are the ones certificate builders sign with, hence the narrow type.
+SignatureHash = hashes.SHA256 | hashes.SHA384 | hashes.SHA512
+CURVES: dict[str, tuple[type[ec.EllipticCurve], SignatureHash]] = {
     "P224": (ec.SECP224R1, hashes.SHA256()),
     "P256": (ec.SECP256R1, hashes.SHA256()),
     "P384": (ec.SECP384R1, hashes.SHA384()),
@@ -118,7 +119,7 @@ def key_pem(key) -> str:
     return key.private_bytes(serialization.Encoding.PEM, form, serialization.NoEncryption()).decode()
 
 
-def signature_hash(key) -> hashes.HashAlgorithm | None:
+def signature_hash(key) -> SignatureHash | None:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return next(hash_ for curve, hash_ in CURVES.values() if isinstance(key.curve, curve))
     if isinstance(key, ed25519.Ed25519PrivateKey):

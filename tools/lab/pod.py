@@ -96,7 +96,7 @@ class Pod:
             target.parent.mkdir(parents=True, exist_ok=True)
             value = data[item["key"]]
             target.write_bytes(value) if isinstance(value, bytes) else target.write_text(value)
-            target.chmod(item.get("mode", mode))
+            target.chmod(item.get("mode", mode))  # type: ignore[arg-type]  # an item's mode is an int, as in a Kubernetes volume
             self._own(target)
 
     def _own(self, path: Path) -> None:

@@ -362,7 +362,7 @@ class Lab:
         return PushClient(
             tpm=agent.tpm,
             workdir=agent.workdir,
-            uuid=agent.uuid,
+            uuid=agent.uuid,  # type: ignore[arg-type]  # an agent has its uuid once registered, before any push client
             verifier_url=self.agent_conf["verifier_url"],
             ca_file=self.agent_ca,
             connect_to=address,
