@@ -134,11 +134,11 @@ class AttestationController(pulumi.ComponentResource):
             opts=on_infra,
         )
         clusters_file = json.dumps({cluster: f"{CLUSTERS_DIR}/{cluster}.kubeconfig" for cluster in sorted(kubeconfigs)})
-        clusters_files = pulumi.Output.secret(
-            pulumi.Output.all(**kubeconfigs).apply(
-                lambda files: {"clusters.json": clusters_file, **{f"{c}.kubeconfig": files[c] for c in sorted(files)}}
-            )
+        files_by_name = pulumi.Output.all(**kubeconfigs).apply(
+            lambda files: {"clusters.json": clusters_file, **{f"{c}.kubeconfig": files[c] for c in sorted(files)}}
         )
+        # pulumi's Output.secret typing cannot infer from an Output[dict] argument
+        clusters_files = pulumi.Output.secret(files_by_name)  # type: ignore[var-annotated, arg-type]
         clusters = k8s.core.v1.Secret(
             f"{name}-clusters",
             metadata=_metadata(f"{NAME}-clusters"),

@@ -87,7 +87,7 @@ def allowed_cores(pgid: int) -> set[int]:
 
 def pinned_to(cores: set[int]) -> str:
     """`0`, `1`, or `any` when that is every core."""
-    return "any" if cores == set(range(os.cpu_count())) else ",".join(map(str, sorted(cores)))
+    return "any" if cores == set(range(os.cpu_count() or 1)) else ",".join(map(str, sorted(cores)))
 
 
 def own_cpu_seconds() -> float:
@@ -121,7 +121,7 @@ def measure(lab: Lab, agents, name: str, replicas: dict[int, tuple[dict[str, str
 def run(lab_bin: Path, agent_count: int, seconds: float) -> dict:
     lab = Lab("swtpm", lab_bin, listen_address=ADDRESS, on_postgres=True)
     try:
-        agents = [lab.new_agent(f"bench-{index}", own_pod=True) for index in range(agent_count)]
+        agents = [lab.new_agent(f"bench-{index}") for index in range(agent_count)]
         for agent in agents:
             agent.register(lab.registrar_url)
         enrolled = lab.run_declared("enrollment-enroll", EXPECTED_AGENTS=str(agent_count))

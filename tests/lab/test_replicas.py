@@ -51,7 +51,7 @@ def replicated():
     try:
         lab.infra.start_replica("verifier", 1)
         lab.infra.start_replica("registrar", 1)
-        agents = [lab.new_agent(f"agent-{index}", own_pod=True) for index in range(AGENTS)]
+        agents = [lab.new_agent(f"agent-{index}") for index in range(AGENTS)]
         for index, agent in enumerate(agents):  # half through each registrar pod
             agent.register(lab.registrar_url.replace(ADDRESS, lab.infra.replica_address(index % 2)))
         enrolled = lab.run_declared("enrollment-enroll", EXPECTED_AGENTS=str(AGENTS))

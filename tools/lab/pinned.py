@@ -49,8 +49,10 @@ class PinnedFleet:
         self.lab = lab
         self.agents = agents
         self.replica_of = dict(replica_of)
+        # Pinned agents are registered, so each has its UUID.
         self.clients: dict[str, PushClient] = {
-            agent.uuid: lab.push_client(agent, replica=replica_of[agent.uuid]) for agent in agents
+            agent.uuid: lab.push_client(agent, replica=replica_of[agent.uuid])  # type: ignore[misc, index]
+            for agent in agents
         }
         self.attestations: list[Attestation] = []
         self.moves: list[Move] = []
