@@ -13,7 +13,7 @@ from helpers import all_containers, env_of, kube_objects, pod_spec
 
 from components import keylime_conf
 from components.images import SERVER_COMPONENTS, BuiltImage
-from components.infra_cluster import InfraCluster, InfraClusterArgs
+from components.infra_cluster import CONFIG_MAP, InfraCluster, InfraClusterArgs
 from components.pki import IssuedCertificate
 from tools.offline import ProgramRun, is_secret, run_declarations
 
@@ -94,7 +94,7 @@ def test_sqlite_state_is_on_a_claim_with_one_writer_and_pods_are_replaced_not_ov
     assert claims == {"keylime-registrar-data", "keylime-verifier-data"}
     for component in ("registrar", "verifier"):
         workload = deployment(program, component)
-        (config,) = kube_objects(program, "ConfigMap", "infra")
+        (config,) = [c for c in kube_objects(program, "ConfigMap", "infra") if c.plain["metadata"]["name"] == CONFIG_MAP]
         parsed = configparser.RawConfigParser()
         parsed.read_string(config.plain["data"][f"{component}.conf"])
         assert parsed[component]["database_url"].startswith("sqlite:///")

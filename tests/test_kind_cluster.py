@@ -69,8 +69,9 @@ def test_workloads_use_the_loaded_tags_and_never_pull_them(run, stack):
                 if resource.plain["metadata"]["name"] == "keylime-agent":
                     agent_images.add(container["image"])
     assert agent_images == {program.named("images-agent").plain["imageName"]}
-    # swtpm: agent, swtpm-init and swtpm per agent cluster; both: registrar, verifier and tenant.
-    assert checked == (3 * 2 + 3 if stack == "swtpm" else 1 + 3)
+    # swtpm: agent, swtpm-init and swtpm per agent cluster; both: registrar, verifier, tenant and the
+    # attestation controller.
+    assert checked == (3 * 2 + 4 if stack == "swtpm" else 1 + 4)
 
 
 def test_local_images_build_from_the_clones_then_add_the_thin_layer(run, tmp_path):

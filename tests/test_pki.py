@@ -41,7 +41,8 @@ def test_servers_get_server_auth_and_clients_client_auth(swtpm):
 
 def test_every_leaf_is_signed_by_the_ca_key_over_its_own_request(swtpm):
     leaves = swtpm.of_type(SIGNED)
-    assert len(leaves) == 4
+    # registrar, verifier, tenant, verifier-client, attestation-controller
+    assert len(leaves) == 5
     for cert in leaves:
         role = cert.name.removeprefix("pki-").removesuffix("-cert")
         assert cert.plain["caCertPem"] == fake_pem("CERTIFICATE", "pki-ca")
@@ -51,12 +52,14 @@ def test_every_leaf_is_signed_by_the_ca_key_over_its_own_request(swtpm):
 
 def test_private_keys_reach_the_provider_only_as_secrets(swtpm):
     leaves = swtpm.of_type(SIGNED)
-    assert len(leaves) == 4
+    # registrar, verifier, tenant, verifier-client, attestation-controller
+    assert len(leaves) == 5
     for cert in leaves:
         assert is_secret(cert.inputs["caPrivateKeyPem"])
-    # Each of the 5 keys signs exactly one of these: the CA's self-signed certificate or a leaf's request.
+    # Each of the 7 keys signs exactly one of these: a CA's self-signed certificate (keylime's, the software
+    # TPMs' manufacturer) or a leaf's request.
     key_users = swtpm.of_type("tls:index/certRequest:CertRequest") + swtpm.of_type(SELF_SIGNED)
-    assert len(key_users) == len(swtpm.of_type(PRIVATE_KEY)) == 5
+    assert len(key_users) == len(swtpm.of_type(PRIVATE_KEY)) == 7
     for resource in key_users:
         assert is_secret(resource.inputs["privateKeyPem"])
 
@@ -68,8 +71,8 @@ def test_no_stack_output_carries_a_private_key(swtpm):
 
 def test_the_pki_needs_no_cluster_so_certificates_start_at_once(swtpm):
     pki_urns = {r.urn for r in swtpm.resources if r.parent.endswith("::pki") or r.name == "pki"}
-    # The component, its 5 keys, 4 requests, the CA and 4 leaves.
-    assert len(pki_urns) == 1 + 5 + 4 + 1 + 4
+    # The component, its 7 keys, 5 requests, the two CAs and 5 leaves.
+    assert len(pki_urns) == 1 + 7 + 5 + 2 + 5
     for resource in swtpm.resources:
         if resource.urn in pki_urns:
             assert all(dep in pki_urns for dep in resource.dependencies), resource.name
