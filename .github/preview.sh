@@ -20,6 +20,11 @@ throwaway_state() {
     unset PULUMI_BACKEND_URL
     export PULUMI_CONFIG_PASSPHRASE="preview-on-a-throwaway-runner"
     pulumi stack select --create --secrets-provider passphrase "${stack}" --non-interactive
+    if [[ "${stack}" == cluster ]]; then
+        # The user's clusters are in the deployed stack's config only: preview on the example's placeholders.
+        venv/bin/python -m tools.example "${stack}"
+        example_note="This stack deploys onto the user's own clusters; here it was previewed with the example configuration (\`tools/example\`: placeholder clusters that do not exist), so nothing was checked against a real API server."
+    fi
 }
 
 if [[ -n "${SHARED_BACKEND_URL:-}" && -z "${SHARED_PASSPHRASE:-}" ]]; then
@@ -42,6 +47,7 @@ else
     state="No shared backend is configured (repository secrets \`PULUMI_BACKEND_URL\` and \`PULUMI_CONFIG_PASSPHRASE\`; forks' pull requests never get them), so this preview ran against an empty state on the runner: every resource shows as a create. The offline render diff shows what this change does."
 fi
 
+example_note="${example_note:-}"
 status=0
 pulumi preview --stack "${stack}" --diff --non-interactive --color never --policy-pack policy >"${output}" 2>&1 || status=$?
 
@@ -50,6 +56,10 @@ pulumi preview --stack "${stack}" --diff --non-interactive --color never --polic
     echo
     echo "${state}"
     echo
+    if [[ -n "${example_note}" ]]; then
+        echo "${example_note}"
+        echo
+    fi
     if [[ -n "${RUNNER_CONFIG_NOTE:-}" ]]; then
         echo "${RUNNER_CONFIG_NOTE}"
         echo

@@ -70,8 +70,22 @@ def vm_host_address(settings: Settings) -> str:
 
 
 def agent_facing_host(settings: Settings) -> str:
-    """Where agents find the NodePorts the infra cluster publishes."""
+    """Where agents find the registrar and the verifier from outside the servers' cluster."""
+    if settings.tpm_mode == "cluster":
+        assert settings.advertised_address is not None, "the cluster stack requires advertisedAddress"
+        return settings.advertised_address
     return kind_node(infra_cluster_name(settings)) if settings.tpm_mode == "swtpm" else vm_host_address(settings)
+
+
+def agent_facing_ports(settings: Settings) -> dict[str, int]:
+    """The ports behind agent_facing_host: a LoadBalancer's are the Services' own, otherwise the NodePorts."""
+    if settings.tpm_mode == "cluster" and settings.service_type == "LoadBalancer":
+        return {"registrar": REGISTRAR_PORT, "registrar-tls": REGISTRAR_TLS_PORT, "verifier": VERIFIER_PORT}
+    return {
+        "registrar": settings.registrar_node_port,
+        "registrar-tls": settings.registrar_tls_node_port,
+        "verifier": settings.verifier_node_port,
+    }
 
 
 def host_port_address(settings: Settings) -> str:
@@ -84,11 +98,11 @@ def host_port_address(settings: Settings) -> str:
 
 def dials(settings: Settings) -> tuple[Dial, ...]:
     """Every (client, server, address) the deployment uses, in a stable order."""
-    agent_host = agent_facing_host(settings)
+    agent_host, outside = agent_facing_host(settings), agent_facing_ports(settings)
     found = [
         # Agents register over plain HTTP (registration is public) and attest over TLS.
-        Dial("agent", "registrar", agent_host, settings.registrar_node_port, tls=False),
-        Dial("agent", "verifier", agent_host, settings.verifier_node_port, tls=True),
+        Dial("agent", "registrar", agent_host, outside["registrar"], tls=False),
+        Dial("agent", "verifier", agent_host, outside["verifier"], tls=True),
         # Inside the infra cluster: the tenant, and the verifier fetching agent keys from the registrar.
         Dial("tenant", "registrar", service_fqdn("registrar"), REGISTRAR_TLS_PORT, tls=True),
         Dial("tenant", "verifier", service_fqdn("verifier"), VERIFIER_PORT, tls=True),
@@ -102,11 +116,15 @@ def dials(settings: Settings) -> tuple[Dial, ...]:
         port = REGISTRAR_TLS_PORT if server == "registrar" else VERIFIER_PORT
         for name in (short, f"{short}.{KEYLIME_NAMESPACE}", f"{short}.{KEYLIME_NAMESPACE}.svc"):
             found.append(Dial("in-cluster client", server, name, port, tls=True))
-        # An operator on the host reaches the NodePorts where Kind's extraPortMappings publish them.
-        host_port = settings.registrar_tls_node_port if server == "registrar" else settings.verifier_node_port
-        published = host_port_address(settings)
-        for name in ("localhost", published) if published == "127.0.0.1" else (published,):
-            found.append(Dial("host operator", server, name, host_port, tls=True))
+        host_port = outside["registrar-tls" if server == "registrar" else "verifier"]
+        if settings.tpm_mode == "cluster":
+            # An operator anywhere dials the same address as the agents.
+            found.append(Dial("operator", server, agent_host, host_port, tls=True))
+        else:
+            # An operator on the host reaches the NodePorts where Kind's extraPortMappings publish them.
+            published = host_port_address(settings)
+            for name in ("localhost", published) if published == "127.0.0.1" else (published,):
+                found.append(Dial("host operator", server, name, host_port, tls=True))
         for name in settings.extra_sans:
             found.append(Dial("extraSans client", server, name, host_port, tls=True))
     return tuple(found)

@@ -68,13 +68,29 @@ SUSTAINED_LOGINS_PER_SECOND = WAITING_LOGINS_CPU / LOGIN_CPU_SECONDS
 
 
 def agent_count(settings: Settings) -> int:
-    """Each agent Kind cluster has one node, so one agent; hwtpm runs one VM."""
+    """Each agent Kind cluster has one node, so one agent; hwtpm runs one VM; the cluster stack says how many."""
+    if settings.tpm_mode == "cluster":
+        assert settings.expected_agents is not None, "the cluster stack sizes for expectedAgents"
+        return settings.expected_agents
     return settings.agent_clusters if settings.tpm_mode == "swtpm" else 1
+
+
+def verifier_processes(settings: Settings) -> int:
+    """The verifier processes that share the fleet: one per verifier pod in the cluster stack (one worker each)."""
+    if settings.tpm_mode == "cluster":
+        assert settings.verifier_replicas is not None, "the cluster stack sets verifierReplicas"
+        return settings.verifier_replicas
+    return 1
+
+
+def agents_per_verifier(settings: Settings) -> int:
+    """ClientIP affinity spreads agents over the verifier pods; each agent stays on one."""
+    return math.ceil(agent_count(settings) / verifier_processes(settings))
 
 
 def quote_interval(settings: Settings) -> int:
     """Agents attest at the verifier's pace (`seconds_to_next_attestation`), so scale it with the fleet."""
-    return max(DEFAULT_QUOTE_INTERVAL, math.ceil(agent_count(settings) / SUSTAINED_ATTESTATIONS_PER_SECOND))
+    return max(DEFAULT_QUOTE_INTERVAL, math.ceil(agents_per_verifier(settings) / SUSTAINED_ATTESTATIONS_PER_SECOND))
 
 
 def login_round_seconds(retry_seconds: int) -> int:
@@ -110,7 +126,7 @@ def login_retry_seconds(settings: Settings) -> int:
     An agent enrolled while it waits attests at most one round later; from then on it follows the
     verifier's `seconds_to_next_attestation` (quote_interval), and this is only its wait after a failure.
     """
-    agents = agent_count(settings)
+    agents = agents_per_verifier(settings)
     seconds = 1
     while (logins_per_window(seconds) > SESSIONS_PER_AGENT
            or agents * LOGIN_ATTEMPTS / login_round_seconds(seconds) > SUSTAINED_LOGINS_PER_SECOND):
@@ -169,6 +185,20 @@ _SERVER_TLS = {
 }
 
 
+def _database_url(settings: Settings, server: str) -> str:
+    """sqlite on the pod's volume; in the cluster stack PostgreSQL, whose URL (it holds the password) comes from a
+    Secret as KEYLIME_<SERVER>_DATABASE_URL, which keylime reads over this file's value."""
+    return "" if settings.tpm_mode == "cluster" else f"sqlite:///{DATA_DIR}/{server}.sqlite"
+
+
+def verifier_workers(settings: Settings) -> int:
+    """keylime 7.14.3 keeps a push agent's PoP session and its timeout timer in one worker process's memory
+    (session_controller.py, push_agent_monitor.py): an agent whose connections reach another worker gets 404s
+    and false TIMEOUTs. With several pods, ClientIP affinity keeps an agent on one pod, so each pod runs one
+    worker (README, "Several servers on PostgreSQL"); one pod alone keeps keylime's own worker count."""
+    return 1 if settings.tpm_mode == "cluster" else 16
+
+
 def registrar_conf(settings: Settings) -> str:
     return render_ini(
         {
@@ -179,7 +209,7 @@ def registrar_conf(settings: Settings) -> str:
                 "tls_port": REGISTRAR_TLS_PORT,
                 **_SERVER_TLS,
                 "authorization_provider": "simple",
-                "database_url": f"sqlite:///{DATA_DIR}/registrar.sqlite",
+                "database_url": _database_url(settings, "registrar"),
                 "database_pool_sz_ovfl": "5,10",
                 "max_workers": 16,
                 "auto_migrate_db": True,
@@ -210,11 +240,11 @@ def verifier_conf(settings: Settings) -> str:
                 "client_cert": CLIENT_CERT,
                 "trusted_server_ca": [CA_CERT],
                 "authorization_provider": "simple",
-                "database_url": f"sqlite:///{DATA_DIR}/verifier.sqlite",
+                "database_url": _database_url(settings, "verifier"),
                 "database_pool_sz_ovfl": "5,10",
                 "auto_migrate_db": True,
                 "num_workers": 0,
-                "max_workers": 16,
+                "max_workers": verifier_workers(settings),
                 "exponential_backoff": True,
                 "retry_interval": 2,
                 "max_retries": 5,

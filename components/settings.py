@@ -12,24 +12,34 @@ reported at once, each naming its key and what is allowed, before the program de
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import json
 import os
 import re
 import uuid as uuid_module
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUndefined, core_schema
 
 NAMESPACE = "keylime-push"
 
-TpmMode = Literal["swtpm", "hwtpm"]
+TpmMode = Literal["swtpm", "hwtpm", "cluster"]
 ImageSource = Literal["upstream", "local"]
-TPM_MODES: tuple[TpmMode, ...] = ("swtpm", "hwtpm")
+TPM_MODES: tuple[TpmMode, ...] = ("swtpm", "hwtpm", "cluster")
+ServiceType = Literal["LoadBalancer", "NodePort"]
+SERVICE_TYPES: tuple[ServiceType, ...] = ("LoadBalancer", "NodePort")
+# PostgreSQL with hash_ek push agents failed before 7.14.3 (keylime dd9e5c49): the cluster stack needs it.
+CLUSTER_MIN_KEYLIME = (7, 14, 3)
+ON_CLUSTER = ("tpm_mode", "cluster")
+# The form keylime's SQLAlchemy needs: the upstream images carry psycopg2, and a bare postgresql:// loads psycopg 3.
+DATABASE_URL_PREFIX = "postgresql+psycopg2://"
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 TAINT_EFFECTS: tuple[TaintEffect, ...] = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 IMAGE_SOURCES: tuple[ImageSource, ...] = ("upstream", "local")
@@ -226,6 +236,135 @@ def _clone(key: str) -> Callable[[str], str]:
 
 
 
+def _san_address(raw: str) -> str:
+    """One address agents dial and the server certificates name: an IP address or a DNS name, nothing else."""
+    value = raw.strip()
+    if "://" in value or "/" in value:
+        raise ValueError("a URL or path; give the bare host")
+    if value.startswith("*"):
+        raise ValueError("a wildcard; every agent dials one name, which the certificates must carry exactly")
+    if is_ip_address(value):
+        return value
+    if value.count(":") == 1 and not value.endswith("]"):
+        raise ValueError("a port; give the bare host (the ports follow serviceType)")
+    if not is_dns_name(value):
+        raise ValueError("neither an IP address nor a DNS name, so it cannot be a certificate SAN")
+    return value.rstrip(".").lower()
+
+
+def _kubeconfig(raw: str) -> SecretStr:
+    """A kubeconfig's text; only its shape is checked here, and no part of it is ever quoted back."""
+    try:
+        document = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ValueError("not YAML") from None
+    if not isinstance(document, dict) or not isinstance(document.get("contexts"), list):
+        raise ValueError("no contexts: give a kubeconfig (kubectl config view --flatten)")
+    if not kube_contexts(document):
+        raise ValueError("no context names a cluster with a server URL")
+    return SecretStr(raw)
+
+
+def kube_contexts(document: Mapping[str, Any]) -> dict[str, str]:
+    """Each context of a parsed kubeconfig -> the API server URL of its cluster."""
+    servers = {
+        entry.get("name"): (entry.get("cluster") or {}).get("server")
+        for entry in document.get("clusters") or []
+        if isinstance(entry, dict)
+    }
+    found = {}
+    for entry in document.get("contexts") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            server = servers.get((entry.get("context") or {}).get("cluster"))
+            if isinstance(server, str) and server.startswith("https://"):
+                found[entry["name"]] = server
+    return found
+
+
+def _context_name(raw: str) -> str:
+    if not raw.strip() or any(character.isspace() for character in raw):
+        raise ValueError("")
+    return raw
+
+
+def _context_names(raw: str) -> tuple[str, ...]:
+    names = json.loads(raw)
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError("need a JSON list of context names")
+    if len(set(names)) != len(names):
+        raise ValueError("a context is named twice")
+    return tuple(names)
+
+
+_LABEL_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def _node_label(raw: str) -> tuple[str, str]:
+    key, equals, value = raw.partition("=")
+    if not equals:
+        raise ValueError("no '='")
+    prefix = key.rpartition("/")[0]
+    if not _LABEL_NAME.match(key) or len(prefix) > 253:
+        raise ValueError(f"{key!r} is not a label key")
+    if not _LABEL_VALUE.match(value):
+        raise ValueError(f"{value!r} is not a label value")
+    return key, value
+
+
+def _database_url(raw: str) -> SecretStr:
+    """Empty, or where keylime finds PostgreSQL; refusals name the part that is wrong, never the URL."""
+    value = raw.strip()
+    if not value:
+        return SecretStr("")
+    if not value.startswith(DATABASE_URL_PREFIX):
+        raise ValueError(f"does not start with {DATABASE_URL_PREFIX}")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # raises on a port that is not a number
+    except ValueError:
+        raise ValueError("not a URL") from None
+    if not parts.hostname or not parts.username:
+        raise ValueError("no user@host")
+    if not parts.path.strip("/") or "/" in parts.path.strip("/"):
+        raise ValueError("no /database")
+    return SecretStr(value)
+
+
+def _quantity(raw: str) -> str:
+    if not re.fullmatch(r"[1-9]\d{0,5}(Mi|Gi|Ti)", raw):
+        raise ValueError("")
+    return raw
+
+
+def _storage_class(raw: str) -> str:
+    if raw and not is_dns_name(raw):
+        raise ValueError("")
+    return raw
+
+
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----\s+([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----")
+
+
+def _certificate_bundle(raw: str) -> str:
+    """PEM certificates (keylime's own tpm_cert_store, or a TPM vendor's roots), or empty."""
+    if not raw.strip():
+        return ""
+    bodies = _PEM_CERTIFICATE.findall(raw)
+    if not bodies:
+        raise ValueError("no PEM certificate in it")
+    for index, body in enumerate(bodies):
+        try:
+            der = base64.b64decode("".join(body.split()), validate=True)
+        except ValueError:
+            raise ValueError(f"certificate {index + 1} is not base64") from None
+        if not der.startswith(b"\x30"):
+            raise ValueError(f"certificate {index + 1} is not DER")
+    return raw.strip() + "\n"
+
+
 def config_text(value: object) -> str:
     """A config value as the Pulumi engine hands it to the program: a string, structured values as JSON."""
     return value if isinstance(value, str) else json.dumps(value)
@@ -240,6 +379,8 @@ class Key:
     pulumi_type: PulumiType = "string"
     only_when: tuple[str, str] | None = None
     """(setting, value): the key is read, and required, only then; otherwise its setting is None."""
+    secret: bool = False
+    """Set with `pulumi config set --secret`; refusals never quote its value."""
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
         return core_schema.no_info_before_validator_function(self._parse, handler(source))
@@ -266,7 +407,7 @@ class Settings(BaseModel):
     tpm_mode: Annotated[TpmMode, Key(" | ".join(TPM_MODES), _choice(TPM_MODES))] = Field(
         alias="tpmMode",
         description="swtpm (agents in Kind clusters beside a software TPM) | hwtpm (agents in a QEMU/libvirt VM "
-        "with a vTPM). Set by each stack file.",
+        "with a vTPM) | cluster (existing clusters whose nodes have TPMs). Set by each stack file.",
     )
     agent_clusters: Annotated[
         int, _integer_key(1, MAX_AGENT_CLUSTERS, f"an integer 1..{MAX_AGENT_CLUSTERS}")
@@ -298,10 +439,11 @@ class Settings(BaseModel):
     )
     require_ek_cert: Annotated[bool, Key("true | false", _boolean, "boolean")] = Field(
         # Production (hwtpm) requires EK certificates; swtpm's are signed by the program's "TPM manufacturer" CA.
-        default_factory=lambda settings: settings.get("tpm_mode") == "hwtpm",
+        default_factory=lambda settings: settings.get("tpm_mode") in ("hwtpm", "cluster"),
         alias="requireEkCert",
         description="Only agents whose EK certificate chains to the EK trust store are enrolled (the attestation "
-        "controller checks; swtpm: the program's TPM manufacturer CA). Stack files set it: false for swtpm, true for hwtpm.",
+        "controller checks; swtpm: the program's TPM manufacturer CA; cluster: ekTrustBundle). Stack files set it: false for "
+        "swtpm, true for hwtpm; default true for cluster.",
     )
     taint_effect: Annotated[TaintEffect, Key(" | ".join(TAINT_EFFECTS), _choice(TAINT_EFFECTS))] = Field(
         "NoSchedule",
@@ -392,6 +534,111 @@ class Settings(BaseModel):
         ),
     ] = Field(None, alias="rustKeylimeGit", description="Path of a rust-keylime clone; required when imageSource=local.")
 
+    # The cluster stack: existing clusters, hardware TPMs, PostgreSQL, replicated servers.
+    kubeconfig: Annotated[
+        SecretStr | None,
+        Key(
+            "a kubeconfig with the serverContext and every agentContexts entry, set as a secret "
+            "(kubectl config view --flatten | pulumi config set --secret kubeconfig)",
+            _kubeconfig,
+            only_when=ON_CLUSTER,
+            secret=True,
+        ),
+    ] = Field(
+        None,
+        alias="kubeconfig",
+        description="cluster: a kubeconfig (secret) holding the contexts below; never printed or exported.",
+    )
+    server_context: Annotated[
+        str | None, Key("a context name of kubeconfig", _context_name, only_when=ON_CLUSTER)
+    ] = Field(
+        None,
+        alias="serverContext",
+        description="cluster: the kubeconfig context the registrar, verifier, tenant and controller go to.",
+    )
+    agent_contexts: Annotated[
+        tuple[str, ...] | None,
+        Key("a list of distinct context names of kubeconfig ([]: the server's cluster)", _context_names, "array", ON_CLUSTER),
+    ] = Field(  # type: ignore[assignment]  # pydantic validates the list default into a tuple
+        [],
+        alias="agentContexts",
+        description="cluster: the kubeconfig contexts whose TPM nodes run agents; [] means the server's cluster.",
+    )
+    agent_node_label: Annotated[
+        tuple[str, str] | None, Key("a node label key=value", _node_label, only_when=ON_CLUSTER)
+    ] = Field(  # type: ignore[assignment]  # pydantic validates the text default into the pair
+        "keylime.dev/tpm=true",
+        alias="agentNodeLabel",
+        description="cluster: agents (and the TPM device plugin) run on the nodes with this label, key=value.",
+    )
+    service_type: Annotated[
+        ServiceType | None, Key(" | ".join(SERVICE_TYPES), _choice(SERVICE_TYPES), only_when=ON_CLUSTER)
+    ] = Field(
+        "LoadBalancer",
+        alias="serviceType",
+        description="cluster: how agents reach the registrar and verifier: LoadBalancer (ports 8890, 8891, 8881) | "
+        "NodePort (registrarNodePort, verifierNodePort).",
+    )
+    advertised_address: Annotated[
+        str | None,
+        Key("an IP address or DNS name (no port, URL or wildcard): what agents dial, named in the server certificates",
+            _san_address, only_when=ON_CLUSTER),
+    ] = Field(
+        None,
+        alias="advertisedAddress",
+        description="cluster: the address agents dial (the load balancer's, or a node's for NodePort): in the server "
+        "certificates.",
+    )
+    database_url: Annotated[
+        SecretStr | None,
+        Key(
+            f"empty (a PostgreSQL the program deploys), or {DATABASE_URL_PREFIX}user:password@host[:port]/database "
+            "set as a secret",
+            _database_url,
+            only_when=ON_CLUSTER,
+            secret=True,
+        ),
+    ] = Field(  # type: ignore[assignment]  # pydantic validates the text default
+        "",
+        alias="databaseUrl",
+        description=f"cluster: an external PostgreSQL ({DATABASE_URL_PREFIX}..., secret) the registrar and verifier "
+        "share; empty: the program deploys one.",
+    )
+    postgres_storage_class: Annotated[
+        str | None, Key("empty (the cluster's default class) or a StorageClass name", _storage_class, only_when=ON_CLUSTER)
+    ] = Field(
+        "",
+        alias="postgresStorageClass",
+        description="cluster: StorageClass of the deployed PostgreSQL's volume; empty: the default.",
+    )
+    postgres_storage: Annotated[
+        str | None, Key("a size such as 10Gi (Mi, Gi or Ti)", _quantity, only_when=ON_CLUSTER)
+    ] = Field("10Gi", alias="postgresStorage", description="cluster: size of the deployed PostgreSQL's volume.")
+    registrar_replicas: Annotated[
+        int | None, Key("an integer 2..16 (one registrar is a single point of failure)", _integer(2, 16), "integer", ON_CLUSTER)
+    ] = Field(2, alias="registrarReplicas", description="cluster: registrar pods, 2..16.")
+    verifier_replicas: Annotated[
+        int | None, Key("an integer 1..32", _integer(1, 32), "integer", ON_CLUSTER)
+    ] = Field(
+        2, alias="verifierReplicas", description="cluster: verifier pods (one worker process each), 1..32."
+    )
+    expected_agents: Annotated[
+        int | None, Key("an integer 1..10000", _integer(1, 10000), "integer", ON_CLUSTER)
+    ] = Field(
+        10,
+        alias="expectedAgents",
+        description="cluster: how many agents (TPM nodes) to size cadence and rate limits for, 1..10000.",
+    )
+    ek_trust_bundle: Annotated[
+        str | None,
+        Key("PEM certificates of the TPM manufacturers' EK CAs (required when requireEkCert=true)",
+            _certificate_bundle, only_when=ON_CLUSTER),
+    ] = Field(
+        "",
+        alias="ekTrustBundle",
+        description="cluster: PEM CA certificates EK certificates must chain to (e.g. keylime's tpm_cert_store).",
+    )
+
     stack: str = Field(
         "dev",
         description="The Pulumi stack. Not a config key: it names the stack's Kind clusters, so two stacks never share one.",
@@ -409,6 +656,17 @@ class Settings(BaseModel):
             {str(pcr): digests[0] if len(digests) == 1 else list(digests) for pcr, digests in self.tpm_policy},
             separators=(",", ":"),
         )
+
+    @property
+    def agent_context_names(self) -> tuple[str, ...]:
+        """cluster: the contexts whose TPM nodes run agents; none given means the server's own cluster."""
+        assert self.server_context is not None, "only the cluster stack has contexts"
+        return self.agent_contexts or (self.server_context,)
+
+    def api_server(self, context: str) -> str:
+        """cluster: the API server URL of a context of the kubeconfig."""
+        assert self.kubeconfig is not None, "only the cluster stack has a kubeconfig"
+        return kube_contexts(yaml.safe_load(self.kubeconfig.get_secret_value()))[context]
 
 
 # The config keys: every field but `stack`, which comes from the Pulumi stack itself.
@@ -451,8 +709,11 @@ class SettingsError(ValueError):
         )
 
 
+SECRET_SHOWN = "<secret>"
+
+
 def _refusal(key: str, got: object, allowed: str) -> str:
-    shown = repr(got)
+    shown = SECRET_SHOWN if got is SECRET_SHOWN else repr(got)
     if len(shown) > 160:  # a reference state runs to kilobytes: its start says which value was meant
         shown = f"{shown[:80]}... ({len(str(got))} characters)"
     return f"{NAMESPACE}:{key}: got {shown}; allowed: {allowed}"
@@ -471,10 +732,44 @@ def _cross_key_problems(settings: Mapping[str, Any]) -> Iterator[str]:
     if settings.get("tpm_mode") == "hwtpm" and agent_clusters != 1:
         yield _refusal("agentClusters", agent_clusters, "1 when tpmMode=hwtpm (the agents run in one VM)")
     agent_uuid = settings.get("uuid", "hash_ek")
-    if agent_uuid not in ("hash_ek", "generate") and agent_clusters > 1:
+    if settings.get("tpm_mode") == "cluster":
+        yield from _cluster_problems(settings)
+        if agent_uuid not in ("hash_ek", "generate"):
+            yield _refusal("uuid", agent_uuid, "hash_ek | generate when tpmMode=cluster (every TPM node runs an agent)")
+    elif agent_uuid not in ("hash_ek", "generate") and agent_clusters > 1:
         yield (
             f"{NAMESPACE}:uuid: the literal UUID {agent_uuid} would be shared by {agent_clusters} agents; "
             "allowed: hash_ek | generate, or a literal UUID with agentClusters=1"
+        )
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def _cluster_problems(settings: Mapping[str, Any]) -> Iterator[str]:
+    """The cluster stack: contexts that exist, a keylime that works on PostgreSQL, somewhere to check EKs against."""
+    kubeconfig = settings.get("kubeconfig")
+    if kubeconfig is not None:
+        known = kube_contexts(yaml.safe_load(kubeconfig.get_secret_value()))
+        wanted = [("serverContext", settings.get("server_context"))]
+        wanted += [("agentContexts", name) for name in settings.get("agent_contexts") or ()]
+        for key, name in wanted:
+            if name is not None and name not in known:
+                yield _refusal(key, name, f"a context of kubeconfig with an https server: {', '.join(sorted(known))}")
+    version = settings.get("keylime_version")
+    if version is not None and _version_tuple(version) < CLUSTER_MIN_KEYLIME:
+        yield _refusal(
+            "keylimeVersion",
+            version,
+            "7.14.3 or later when tpmMode=cluster (PostgreSQL with hash_ek push agents fails before it, keylime dd9e5c49)",
+        )
+    if settings.get("require_ek_cert") and settings.get("ek_trust_bundle") == "":
+        yield _refusal(
+            "ekTrustBundle",
+            "",
+            "PEM CA certificates when requireEkCert=true and tpmMode=cluster (e.g. cat keylime's tpm_cert_store/*.pem), "
+            "or set requireEkCert=false",
         )
 
 
@@ -498,8 +793,11 @@ def _policy_problems(settings: Mapping[str, Any]) -> Iterator[str]:
         )
 
 
-def parse_settings(raw: Mapping[str, str | None], stack: str = "dev") -> Settings:
-    """Validate raw config values (strings, as Pulumi stores them, keyed without namespace) of `stack`."""
+def parse_settings(raw: Mapping[str, str | None], stack: str = "dev", secret_keys: Collection[str] = ()) -> Settings:
+    """Validate raw config values (strings, as Pulumi stores them, keyed without namespace) of `stack`.
+
+    `secret_keys` are the keys set with --secret: a secret key set in plain text is refused.
+    """
     settings: dict[str, Any] = {}
     problems: list[str] = []
     if not STACK_NAME.fullmatch(stack):
@@ -521,12 +819,17 @@ def parse_settings(raw: Mapping[str, str | None], stack: str = "dev") -> Setting
                 problems.append(f"{NAMESPACE}:{field.alias}: not set; allowed: {key.allowed}")
                 continue
             text = config_text(field.default)
+        elif key.secret and text.strip() and field.alias not in secret_keys:
+            plain_text = f"the value set with --secret, not in plain text: {key.allowed}"
+            problems.append(_refusal(field.alias, SECRET_SHOWN, plain_text))  # type: ignore[arg-type]  # every field declares an alias
+            continue
         try:
             settings[name] = _VALIDATORS[name].validate_python(text)
         except ValidationError as error:
             detail = error.errors()[0]["ctx"]["detail"]
             # every field of Settings declares an alias
-            problems.append(_refusal(field.alias, text, key.allowed + (f" ({detail})" if detail else "")))  # type: ignore[arg-type]
+            shown = SECRET_SHOWN if key.secret else text
+            problems.append(_refusal(field.alias, shown, key.allowed + (f" ({detail})" if detail else "")))  # type: ignore[arg-type]
     problems.extend(_cross_key_problems(settings))
     if problems:
         raise SettingsError(problems)
@@ -536,8 +839,10 @@ def parse_settings(raw: Mapping[str, str | None], stack: str = "dev") -> Setting
 def load_settings() -> Settings:
     """Read every key of the contract from the stack's Pulumi config."""
     import pulumi
+    from pulumi.runtime.config import is_config_secret
 
     config = pulumi.Config(NAMESPACE)
     # KEYS are the fields' aliases, all declared
     raw = {key: value for key in KEYS if (value := config.get(key)) is not None}  # type: ignore[arg-type]
-    return parse_settings(raw, pulumi.get_stack())  # type: ignore[arg-type]  # KEYS are the fields' aliases, all declared
+    secret_keys = [key for key in raw if is_config_secret(config.full_key(key))]  # type: ignore[arg-type]
+    return parse_settings(raw, pulumi.get_stack(), secret_keys)  # type: ignore[arg-type]  # KEYS are the fields' aliases, all declared

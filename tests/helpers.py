@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from components.settings import Settings, SettingsError, parse_settings
-from tools.offline import ProgramRun, stack_config
+from tools.offline import ProgramRun, secret_config_keys, stack_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # The shape `keylime-policy create measured-boot` writes (values shortened): what keylime's example policy reads.
@@ -64,7 +64,9 @@ def settings_for(stack: str = "swtpm", **overrides: object) -> Settings:
     """The Settings a stack file (plus overrides) yields, read the way the program reads them."""
     namespaced = stack_config(stack, overrides)
     return parse_settings(
-        {key.split(":", 1)[1]: value for key, value in namespaced.items() if key.startswith("keylime-push:")}, stack
+        {key.split(":", 1)[1]: value for key, value in namespaced.items() if key.startswith("keylime-push:")},
+        stack,
+        [key.split(":", 1)[1] for key in secret_config_keys(overrides)],
     )
 
 

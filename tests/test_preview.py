@@ -60,6 +60,25 @@ def test_without_a_shared_backend_the_preview_runs_on_a_throwaway_state_and_says
     assert "found no mandatory violation" in comment and "+ 61 to create" in comment
 
 
+def test_the_cluster_stack_previews_on_the_example_config_with_its_secrets_set_as_secrets(runner):
+    result, comment = runner.preview("cluster")
+    assert result.returncode == 0, result.stderr
+    config_calls = [c["args"] for c in runner.calls() if c["args"][:2] == ["config", "set"]]
+    set_keys = {args[args.index("--") - 1]: "--secret" in args for args in config_calls}
+    assert set_keys == {
+        "keylime-push:kubeconfig": True,
+        "keylime-push:serverContext": False,
+        "keylime-push:agentContexts": False,
+        "keylime-push:advertisedAddress": False,
+        "keylime-push:ekTrustBundle": False,
+    }
+    assert runner.calls()[-1]["args"][0] == "preview"
+    assert "previewed with the example configuration" in comment
+    # A stack deployed in the shared backend keeps its own config: nothing is set there.
+    runner.preview("cluster", SHARED_BACKEND_URL=SHARED, SHARED_PASSPHRASE="p", FAKE_PULUMI_STACKS="cluster")
+    assert len([c for c in runner.calls() if c["args"][:2] == ["config", "set"]]) == len(config_calls)
+
+
 def test_with_a_shared_backend_the_preview_diffs_against_the_deployed_stack(runner):
     result, comment = runner.preview(
         "swtpm", SHARED_BACKEND_URL=SHARED, SHARED_PASSPHRASE="real", FAKE_PULUMI_STACKS="swtpm,hwtpm"

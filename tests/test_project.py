@@ -19,7 +19,7 @@ def test_pull_requests_preview_every_stack_with_the_policy_pack_and_comment():
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "preview.yml").read_text())
     assert "pull_request" in workflow[True]  # YAML 1.1 reads the `on:` key as True
     job = workflow["jobs"]["pulumi-preview"]
-    assert set(job["strategy"]["matrix"]["stack"]) == stacks() == {"swtpm", "hwtpm"}
+    assert set(job["strategy"]["matrix"]["stack"]) == stacks() == {"swtpm", "hwtpm", "cluster"}
     runs = [step.get("run", "") for step in job["steps"]]
     # The branching (shared backend or throwaway state) lives in .github/preview.sh, tested in test_preview.py.
     assert '.github/preview.sh "${{ matrix.stack }}" preview.md' in runs

@@ -29,6 +29,18 @@ PROJECT = "keylime-push"
 SECRET_PLACEHOLDER = "[secret]"
 
 
+@dataclasses.dataclass(frozen=True)
+class Secret:
+    """A config override set as `pulumi config set --secret` would set it."""
+
+    value: str
+
+
+def secret_config_keys(overrides: Mapping[str, object] | None = None) -> list[str]:
+    """The namespaced keys of the overrides that are secrets."""
+    return [key if ":" in key else f"{PROJECT}:{key}" for key, value in (overrides or {}).items() if isinstance(value, Secret)]
+
+
 def stack_config(stack: str, overrides: Mapping[str, object] | None = None) -> dict[str, str]:
     """The config a `pulumi up -s <stack>` would see: the declared defaults, then the stack file, then overrides.
 
@@ -44,6 +56,8 @@ def stack_config(stack: str, overrides: Mapping[str, object] | None = None) -> d
 
 
 def _config_string(value: object) -> str:
+    if isinstance(value, Secret):
+        return value.value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, dict)):
@@ -187,6 +201,7 @@ def run_program(
         lambda: runpy.run_path(str(main), run_name="__main__"),
         stack=stack,
         config=stack_config(stack, overrides),
+        secret_keys=secret_config_keys(overrides),
         command_stdout=command_stdout,
         declared=declared,
     )
@@ -198,6 +213,7 @@ def run_declarations(
     config: Mapping[str, str] | None = None,
     command_stdout: Callable[[str, dict[str, Any]], str] | None = None,
     declared: list[Resource] | None = None,
+    secret_keys: list[str] | None = None,
 ) -> ProgramRun:
     """Run `declare` (the program, or one component with its Args) under mocks and record what it declares."""
     loop = asyncio.new_event_loop()
@@ -211,7 +227,7 @@ def run_declarations(
     monitor = pulumi_internals.RegistrationMonitor(mocks, record)
     pulumi_internals.forget_root_stack()
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
-    pulumi.runtime.set_all_config(dict(config or {}))
+    pulumi.runtime.set_all_config(dict(config or {}), secret_keys or [])
 
     outputs: dict[str, StackOutput] = {}
 

@@ -1,0 +1,25 @@
+"""The cluster stack's example config: what the offline render and the tests deploy onto two example clusters.
+
+The servers go to `datacenter`; agents run on the TPM nodes of `datacenter` and `edge`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tools.offline import Secret
+
+HERE = Path(__file__).resolve().parent
+
+CLUSTER: dict[str, object] = {
+    "kubeconfig": Secret((HERE / "kubeconfig.yaml").read_text()),
+    "serverContext": "datacenter",
+    "agentContexts": ["datacenter", "edge"],
+    "advertisedAddress": "keylime.example.com",
+    "ekTrustBundle": (HERE / "ek-ca.pem").read_text(),
+}
+
+
+def cluster_config(**overrides: object) -> dict[str, object]:
+    """The example cluster config with `overrides` on top."""
+    return {**CLUSTER, **overrides}

@@ -1,0 +1,28 @@
+"""python -m tools.example STACK: give a throwaway Pulumi stack the example config (the PR preview's runner).
+
+Only the cluster stack needs one: its kubeconfig, contexts and address are the user's, and a pull request's
+preview without the deployed stack's state has none. Secrets are set with --secret.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tools.example import CLUSTER
+from tools.offline import PROJECT, Secret
+
+EXAMPLES = {"cluster": CLUSTER}
+
+
+def configure(stack: str) -> None:
+    for key, value in EXAMPLES.get(stack, {}).items():
+        secret = isinstance(value, Secret)
+        text = value.value if isinstance(value, Secret) else value if isinstance(value, str) else json.dumps(value)
+        argv = ["pulumi", "config", "set", "--stack", stack, *(["--secret"] if secret else []), f"{PROJECT}:{key}", "--", text]
+        subprocess.run(argv, check=True)
+
+
+if __name__ == "__main__":
+    configure(sys.argv[1])
