@@ -19,6 +19,7 @@ from components.kind import kind_config
 FAKES = ROOT / "tests" / "fakes"
 KIND_SCRIPT = ROOT / "components" / "scripts" / "kind-cluster.sh"
 ENROLL = ROOT / "components" / "scripts" / "enroll.py"
+KUBE = ROOT / "components" / "scripts" / "kube.sh"
 ZEROS = "0" * 64
 AGENT_A = "a" * 64
 AGENT_B = "d432fbb3-d2f1-4a97-9ef7-75bd81c00000"
@@ -321,6 +322,23 @@ def test_the_kubeconfig_reaches_kubectl_only_through_a_private_temporary_file(fa
     paths = {line.split("KUBECONFIG=")[1] for line in calls if line.startswith("kubectl ")}
     assert paths and all(Path(p).parent == temporary for p in paths)
     assert not any(Path(p).exists() for p in paths)
+
+
+def test_every_kubectl_call_names_the_configured_context_and_only_then(fakes):
+    fakes.set(registered=[AGENT_A])
+    assert enroll(fakes, "add", expected=1, KUBE_CONTEXT="datacenter").returncode == 0
+    with_context = [line for line in fakes.calls().splitlines() if line.startswith("kubectl ")]
+    assert with_context and all(line.startswith("kubectl --context datacenter ") for line in with_context)
+    (fakes.state / "calls.log").unlink()
+    assert enroll(fakes, "add", expected=1).returncode == 0
+    assert "--context" not in fakes.calls()
+
+
+def test_the_verifier_log_is_read_from_every_verifier_pod(fakes):
+    result = fakes.run([str(KUBE), "verifier-log"], KUBE_CONTEXT="datacenter")
+    assert result.returncode == 0, result.stderr
+    (call,) = [line for line in fakes.calls().splitlines() if line.startswith("kubectl ")]
+    assert "logs --selector app.kubernetes.io/name=keylime-verifier --tail=500 --max-log-requests 32" in call
 
 
 def test_bad_usage_exits_2(fakes):

@@ -7,6 +7,7 @@
 #   kube.sh verifier-log     print the verifier's recent log (PCR mismatches are only reported there)
 #   kube.sh ping             succeed when the infra cluster's API server answers
 # KUBECONFIG_DATA, when set, is the kubeconfig itself; it only ever lands in a private temporary file.
+# KUBE_CONTEXT, when set, is the context of it to use (the cluster stack's kubeconfig holds several).
 set -euo pipefail
 
 namespace="${KEYLIME_NAMESPACE:-keylime}"
@@ -25,23 +26,30 @@ if [[ -n "${KUBECONFIG_DATA:-}" ]]; then
     export KUBECONFIG="${kubeconfig}"
 fi
 
+context=()
+if [[ -n "${KUBE_CONTEXT:-}" ]]; then
+    context=(--context "${KUBE_CONTEXT}")
+fi
+
 case "${1:-}" in
 tenant)
     shift
-    kubectl --namespace "${namespace}" exec deploy/keylime-tenant --container tenant -- keylime_tenant "$@"
+    kubectl "${context[@]}" --namespace "${namespace}" exec deploy/keylime-tenant --container tenant -- keylime_tenant "$@"
     ;;
 tenant-with-mb-policy)
     shift
     # shellcheck disable=SC2016 # expanded by the tenant container's shell
-    kubectl --namespace "${namespace}" exec -i deploy/keylime-tenant --container tenant -- /bin/sh -c \
+    kubectl "${context[@]}" --namespace "${namespace}" exec -i deploy/keylime-tenant --container tenant -- /bin/sh -c \
         'policy="$(mktemp)" && cat > "${policy}" && keylime_tenant "$@" --mb-policy "${policy}"; status=$?; rm -f "${policy}"; exit "${status}"' \
         tenant-with-mb-policy "$@"
     ;;
 verifier-log)
-    kubectl --namespace "${namespace}" logs deploy/keylime-verifier --tail="${LOG_LINES:-500}"
+    # Every verifier pod's: with replicas, an agent's failure is logged by the pod it attests to.
+    kubectl "${context[@]}" --namespace "${namespace}" logs --selector app.kubernetes.io/name=keylime-verifier \
+        --tail="${LOG_LINES:-500}" --max-log-requests 32
     ;;
 ping)
-    kubectl get --raw /readyz --request-timeout=10s >/dev/null
+    kubectl "${context[@]}" get --raw /readyz --request-timeout=10s >/dev/null
     ;;
 *)
     echo "usage: $0 tenant ARGS...|tenant-with-mb-policy ARGS...|verifier-log|ping" >&2

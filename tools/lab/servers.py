@@ -462,7 +462,7 @@ class KeylimeInfra:
         return {
             "namespace": self.cluster.get("Deployment", deployment("tenant"))["metadata"]["namespace"],
             "exec": {f"deploy/{deployment('tenant')}": {"tenant": self.exec_spec("tenant")}},
-            "logs": {f"deploy/{deployment('verifier')}": str(self.log("verifier"))},
+            "logs": {f"app.kubernetes.io/name={deployment('verifier')}": str(self.log("verifier"))},
         }
 
 
