@@ -24,6 +24,8 @@ class EnrollmentArgs:
     """What must exist first: the tenant and servers, and every agent DaemonSet."""
     mb_policy_json: str = ""
     """The measured-boot reference state they are enrolled with too (keylime_tenant --mb-policy); empty: none."""
+    infra_context: str = ""
+    """The context of infra_kubeconfig the servers are in (the cluster stack's kubeconfig has several); empty: its current one."""
 
 
 class Enrollment(pulumi.ComponentResource):
@@ -35,7 +37,11 @@ class Enrollment(pulumi.ComponentResource):
     def __init__(self, name: str, args: EnrollmentArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:enrollment:Enrollment", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        access = {"KUBECONFIG_DATA": args.infra_kubeconfig, "EXPECTED_AGENTS": str(args.expected_agents)}
+        access = {
+            "KUBECONFIG_DATA": args.infra_kubeconfig,
+            "KUBE_CONTEXT": args.infra_context,
+            "EXPECTED_AGENTS": str(args.expected_agents),
+        }
         self.enroll = enroll = command.local.Command(
             f"{name}-enroll",
             create=f"{ENROLL_SCRIPT} add",

@@ -63,6 +63,8 @@ class BuildSpec:
     dockerfile: str
     args: tuple[tuple[str, str], ...]
     source_revision: str = ""
+    registry: str | None = None
+    """Where the image is pushed (the cluster stack); None: it stays in the local Docker for `kind load`."""
 
     @property
     def tag(self) -> str:
@@ -71,7 +73,7 @@ class BuildSpec:
         for key, value in self.args:
             digest.update(f"\0{key}={value}".encode())
         digest.update(self.source_revision.encode())
-        return f"{TAG_PREFIX}/{self.repository}:{self.version}-{digest.hexdigest()[:12]}"
+        return f"{self.registry or TAG_PREFIX}/{self.repository}:{self.version}-{digest.hexdigest()[:12]}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +91,9 @@ class KeylimeImagesArgs:
     """The user and group the images' keylime user gets: the pods run as them."""
     clones: LocalClones | None = None
     """Build from these clones (imageSource=local) rather than FROM the upstream releases."""
+    registry: str | None = None
+    """Push the images the clusters run there (clusters the program does not make have no `kind load`); source
+    builds stay local. None: nothing is pushed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +135,7 @@ def build_specs(args: KeylimeImagesArgs) -> dict[str, list[BuildSpec]]:
                 context=folder,
                 dockerfile=f"{folder}/Dockerfile",
                 args=(("BASE_IMAGE", base), *ids),
+                registry=args.registry,
             )
         )
         specs[component] = chain
@@ -142,6 +148,7 @@ def build_specs(args: KeylimeImagesArgs) -> dict[str, list[BuildSpec]]:
             dockerfile=f"{IMAGES_DIR}/controller/Dockerfile",
             args=(("BASE_IMAGE", CONTROLLER_BASE_IMAGE), *ids),
             source_revision=tree_digest(CONTROLLER_SOURCE),
+            registry=args.registry,
         )
     ]
     return specs
@@ -168,8 +175,9 @@ class KeylimeImages(pulumi.ComponentResource):
                         dockerfile=spec.dockerfile,
                         args=dict(spec.args),
                     ),
-                    # Kind clusters get images with `kind load`; there is no registry to push to.
-                    skip_push=True,
+                    # Kind clusters and the VM get images with `kind load` or `ctr import`: no registry. On the
+                    # user's clusters they are pulled from imageRegistry, pushed with the local Docker's login.
+                    skip_push=spec.registry is None,
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[previous] if previous else []),
                 )
             assert previous is not None

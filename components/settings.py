@@ -333,6 +333,17 @@ def _database_url(raw: str) -> SecretStr:
     return SecretStr(value)
 
 
+_REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)+$")
+
+
+def _image_registry(raw: str) -> str:
+    if "://" in raw or "@" in raw or ":" in raw.rpartition("/")[2]:
+        raise ValueError("give a registry host and repository path, no scheme, tag or digest")
+    if not _REGISTRY.match(raw):
+        raise ValueError("")
+    return raw
+
+
 def _quantity(raw: str) -> str:
     if not re.fullmatch(r"[1-9]\d{0,5}(Mi|Gi|Ti)", raw):
         raise ValueError("")
@@ -588,6 +599,16 @@ class Settings(BaseModel):
         alias="advertisedAddress",
         description="cluster: the address agents dial (the load balancer's, or a node's for NodePort): in the server "
         "certificates.",
+    )
+    image_registry: Annotated[
+        str | None,
+        Key("a registry and repository path the clusters can pull from, e.g. registry.example.com/keylime-push",
+            _image_registry, only_when=ON_CLUSTER),
+    ] = Field(
+        None,
+        alias="imageRegistry",
+        description="cluster: where the program pushes its images (with your `docker login`) and the clusters pull "
+        "them from, e.g. registry.example.com/keylime-push.",
     )
     database_url: Annotated[
         SecretStr | None,

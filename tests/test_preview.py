@@ -70,6 +70,7 @@ def test_the_cluster_stack_previews_on_the_example_config_with_its_secrets_set_a
         "keylime-push:serverContext": False,
         "keylime-push:agentContexts": False,
         "keylime-push:advertisedAddress": False,
+        "keylime-push:imageRegistry": False,
         "keylime-push:ekTrustBundle": False,
     }
     assert runner.calls()[-1]["args"][0] == "preview"

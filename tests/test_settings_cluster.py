@@ -32,7 +32,7 @@ def test_the_example_cluster_config_is_valid_and_agents_default_to_the_servers_c
 def test_the_cluster_stack_file_alone_names_every_key_the_user_must_set():
     problems = problems_for("cluster")
     assert [problem.split(":")[1] for problem in problems] == [
-        "kubeconfig", "serverContext", "advertisedAddress", "ekTrustBundle"
+        "kubeconfig", "serverContext", "advertisedAddress", "imageRegistry", "ekTrustBundle"
     ]
 
 
@@ -101,6 +101,9 @@ def test_contexts_missing_from_the_kubeconfig_are_refused_naming_those_it_has():
         ("verifierReplicas", 0),
         ("agentNodeLabel", "keylime.dev/tpm"),
         ("serviceType", "ClusterIP"),
+        ("imageRegistry", "https://registry.example.com/keylime"),
+        ("imageRegistry", "registry.example.com/keylime:v1"),
+        ("imageRegistry", "registry.example.com"),
         ("postgresStorage", "10GB"),
         ("ekTrustBundle", "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"),
         ("uuid", "d432fbb3-d2f1-4a97-9ef7-75bd81c00000"),

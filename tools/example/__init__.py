@@ -16,6 +16,7 @@ CLUSTER: dict[str, object] = {
     "serverContext": "datacenter",
     "agentContexts": ["datacenter", "edge"],
     "advertisedAddress": "keylime.example.com",
+    "imageRegistry": "registry.example.com/keylime-push",
     "ekTrustBundle": (HERE / "ek-ca.pem").read_text(),
 }
 
