@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from components.kind import KUBERNETES_VERSION
 from components.settings import Settings, SettingsError, parse_settings
 from tools.offline import ProgramRun, secret_config_keys, stack_config
 
@@ -32,6 +34,9 @@ REFSTATE = {
 # Config of a stack whose agents attest their boot.
 MEASURED = {"mbPolicy": json.dumps(REFSTATE, indent=1), "tpmPolicy": "{}"}
 
+
+# kubernetes-validate and checkov live in their own virtualenv (see requirements-validators.txt).
+VALIDATORS = Path(os.environ.get("VALIDATORS_BIN", Path(sys.executable).parent))
 
 # Two hash seeds under which the same set of a few names iterates in different orders.
 HASH_SEEDS = ("1", "2")
@@ -96,3 +101,25 @@ def kube_objects(run: ProgramRun, kind: str, cluster: str | None = None) -> list
 
 def env_of(container: dict) -> dict[str, str]:
     return {item["name"]: item.get("value") for item in container.get("env", [])}
+
+
+def validate_strictly(manifests: list[Path]) -> subprocess.CompletedProcess:
+    """kubernetes-validate --strict against the Kubernetes version the Kind clusters run."""
+    return subprocess.run(
+        [str(VALIDATORS / "kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, "--quiet", *map(str, manifests)],
+        capture_output=True, text=True, check=False,
+    )
+
+
+def checkov(folder: Path) -> tuple[list[str], int]:
+    """checkov's Kubernetes checks over every manifest under `folder`: the failed ones (`<check> <resource>`), and
+    how many passed."""
+    result = subprocess.run(
+        [str(VALIDATORS / "checkov"), "-d", str(folder), "--framework", "kubernetes", "--skip-download", "--output",
+         "json", "--quiet"],
+        capture_output=True, text=True, check=False,
+    )
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    failed = [f"{c['check_id']} {c['resource']}" for r in reports for c in r.get("results", {}).get("failed_checks", [])]
+    return failed, sum(r.get("summary", {}).get("passed", 0) for r in reports)
