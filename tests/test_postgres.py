@@ -7,16 +7,12 @@ import os
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
-import pulumi
-import pulumi_command as command
-import pulumi_kubernetes as k8s
 import pytest
 import yaml
-from helpers import ROOT, checkov, kube_objects, pod_spec, validate_strictly
+from helpers import ROOT, checkov, database_alone, kube_objects, pod_spec, validate_strictly
 
 from components import postgres
-from components.postgres import KeylimeDatabase, KeylimeDatabaseArgs
-from tools.offline import ProgramRun, is_secret, redact, run_declarations
+from tools.offline import ProgramRun, is_secret, redact
 from tools.render import kubernetes_objects, manifest_path
 
 # What the mocked generate-password.sh prints: the shape of the real one's output.
@@ -24,43 +20,24 @@ PASSWORD = "Zq3-aYl_0fV9kT2mW8sR1xC4nB7dE6gH5jK0pL9oI8u"
 EXTERNAL_URL = "postgresql+psycopg2://attest:s3cr3t-external@db.example.org:6543/attestation"
 
 
-def declare_database(external_url: str | None = None, **args: object) -> ProgramRun:
-    """The run; its `ready` attribute names what the component's `ready` holds."""
-    ready: list[str] = []
-
-    def declare() -> None:
-        cluster = k8s.Provider("cluster", kubeconfig="kubeconfig")
-        namespace = k8s.core.v1.Namespace(
-            "namespace", metadata={"name": "keylime"}, opts=pulumi.ResourceOptions(provider=cluster)
-        )
-        database = KeylimeDatabase(
-            "db",
-            KeylimeDatabaseArgs(
-                provider=cluster,
-                namespace=namespace,
-                external_url=None if external_url is None else pulumi.Output.secret(external_url),
-                **args,  # type: ignore[arg-type]
-            ),
-            pulumi.ResourceOptions(providers=[command.Provider("command")]),
-        )
-        assert (database.secret_name, database.registrar_url_key, database.verifier_url_key) == (
-            postgres.SECRET_NAME, postgres.REGISTRAR_URL_KEY, postgres.VERIFIER_URL_KEY,
-        )
-        ready.extend(resource.pulumi_resource_name for resource in database.ready)
-
-    run = run_declarations(declare, command_stdout=lambda name, inputs: PASSWORD if name == "db-password" else "")
-    run.ready = sorted(ready)  # type: ignore[attr-defined]
-    return run
+@pytest.fixture(scope="module")
+def in_cluster_alone() -> tuple[ProgramRun, list[str]]:
+    return database_alone(PASSWORD)
 
 
 @pytest.fixture(scope="module")
-def in_cluster() -> ProgramRun:
-    return declare_database()
+def external_alone() -> tuple[ProgramRun, list[str]]:
+    return database_alone(PASSWORD, external_url=EXTERNAL_URL)
 
 
 @pytest.fixture(scope="module")
-def external() -> ProgramRun:
-    return declare_database(EXTERNAL_URL)
+def in_cluster(in_cluster_alone) -> ProgramRun:
+    return in_cluster_alone[0]
+
+
+@pytest.fixture(scope="module")
+def external(external_alone) -> ProgramRun:
+    return external_alone[0]
 
 
 def only(run: ProgramRun, kind: str):
@@ -151,7 +128,7 @@ def test_the_data_is_on_a_claim_in_a_subdirectory_and_goes_with_the_statefulset(
 
 @pytest.mark.parametrize(("storage_class", "declared"), [("", None), ("fast-ssd", "fast-ssd")])
 def test_the_claim_takes_the_given_class_and_size_or_the_cluster_default(storage_class, declared):
-    run = declare_database(storage_class=storage_class, storage_size="20Gi")
+    run, _ = database_alone(PASSWORD, storage_class=storage_class, storage_size="20Gi")
     (template,) = only(run, "StatefulSet").plain["spec"]["volumeClaimTemplates"]
     assert template["spec"].get("storageClassName") == declared
     assert template["spec"]["resources"]["requests"]["storage"] == "20Gi"
@@ -194,10 +171,11 @@ def test_everything_waits_for_the_namespace_and_the_server_for_its_secret(in_clu
     assert only(in_cluster, "Secret").urn in only(in_cluster, "StatefulSet").dependencies
 
 
-def test_the_servers_wait_for_the_secret_and_the_running_server(in_cluster, external):
-    assert in_cluster.ready == ["db-postgres", "db-secret", "db-service"]
-    assert only(in_cluster, "StatefulSet").name == "db-postgres"
-    assert external.ready == ["db-secret"]
+def test_the_servers_wait_for_the_secret_and_the_running_server(in_cluster_alone, external_alone):
+    run, ready = in_cluster_alone
+    assert ready == sorted([only(run, "StatefulSet").name, only(run, "Service").name, only(run, "Secret").name])
+    run, ready = external_alone
+    assert ready == [only(run, "Secret").name]
 
 
 def test_an_external_database_is_only_a_secret_holding_its_url(external):
