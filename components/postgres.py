@@ -16,6 +16,7 @@ import pulumi_kubernetes as k8s
 
 from components.endpoints import KEYLIME_NAMESPACE
 from components.pod_security import checkov_waivers, container_security_context, empty_dir, pod_security_context, resources
+from components.settings import DATABASE_URL_PREFIX
 
 PASSWORD_SCRIPT = "components/scripts/generate-password.sh"
 SECRET_NAME = "keylime-database"
@@ -43,9 +44,9 @@ CLIENTS = ("keylime-registrar", "keylime-verifier")
 
 
 def database_url(user: str, password: str, host: str, port: int, database: str) -> str:
-    """The SQLAlchemy URL keylime's `database_url` takes, naming psycopg2, the driver the upstream server images
-    carry (SQLAlchemy 2.1 would load psycopg 3 for a bare postgresql://). `password` must be URL-safe as it is."""
-    return f"postgresql+psycopg2://{user}:{password}@{host}:{port}/{database}"
+    """The SQLAlchemy URL keylime's `database_url` takes, in the form `databaseUrl` must have (naming psycopg2, the
+    driver of the upstream server images). `password` must be URL-safe as it is."""
+    return f"{DATABASE_URL_PREFIX}{user}:{password}@{host}:{port}/{database}"
 
 
 def in_cluster_url(password: str) -> str:
@@ -58,11 +59,11 @@ class KeylimeDatabaseArgs:
     """The cluster the servers run on."""
     namespace: pulumi.Resource
     """The `keylime` Namespace: every object here waits for it."""
+    storage_class: str | None
+    """The in-cluster database's volume class; None or "" means the cluster's default class."""
+    storage_size: str
     external_url: pulumi.Input[str] | None = None
     """The user's database (a Pulumi secret); None runs PostgreSQL in the namespace."""
-    storage_class: str | None = None
-    """The in-cluster database's volume class; None or "" means the cluster's default class."""
-    storage_size: str = "8Gi"
 
 
 class KeylimeDatabase(pulumi.ComponentResource):

@@ -145,7 +145,7 @@ def database_alone(password: str, external_url: str | None = None, **args: objec
                 provider=cluster,
                 namespace=namespace,
                 external_url=None if external_url is None else pulumi.Output.secret(external_url),
-                **args,  # type: ignore[arg-type]
+                **{"storage_class": None, "storage_size": "8Gi", **args},  # type: ignore[arg-type]
             ),
             pulumi.ResourceOptions(providers=[command.Provider("command")]),
         )
