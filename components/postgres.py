@@ -165,6 +165,7 @@ def _statefulset_spec(args: KeylimeDatabaseArgs) -> dict[str, Any]:
         # One server, not a replicated one: a highly available PostgreSQL (replication, failover, backups) is
         # what `databaseUrl` is for, the user's own database; this one serves a lab or a small fleet.
         "replicas": 1,
+        # A ClusterIP Service, not a headless one: clients dial its stable address, never a pod's own DNS name.
         "serviceName": SERVICE_NAME,
         "selector": {"matchLabels": {"app.kubernetes.io/name": SERVICE_NAME}},
         # The volume goes with the StatefulSet: a later `up` generates a new password, which a kept volume's
