@@ -90,7 +90,9 @@ class KeylimeDatabase(pulumi.ComponentResource):
 def _secret(name: str, data: dict[str, pulumi.Input[str]], opts: pulumi.ResourceOptions) -> k8s.core.v1.Secret:
     return k8s.core.v1.Secret(
         f"{name}-secret",
-        metadata={"name": SECRET_NAME, "namespace": KEYLIME_NAMESPACE, "labels": SERVER_LABELS},
+        # Not the server's labels: with an external database there is no server here.
+        metadata={"name": SECRET_NAME, "namespace": KEYLIME_NAMESPACE,
+                  "labels": {"app.kubernetes.io/name": SECRET_NAME, "app.kubernetes.io/part-of": "keylime-push"}},
         type="Opaque",
         string_data=pulumi.Output.secret(data),
         opts=opts,
