@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
+import pulumi
+import pulumi_command as command
+import pulumi_kubernetes as k8s
 import pytest
 
+from components import postgres
+from components.kind import KUBERNETES_VERSION
 from components.settings import Settings, SettingsError, parse_settings
-from tools.offline import ProgramRun, secret_config_keys, stack_config
+from tools.offline import ProgramRun, run_declarations, secret_config_keys, stack_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # The shape `keylime-policy create measured-boot` writes (values shortened): what keylime's example policy reads.
@@ -32,6 +38,9 @@ REFSTATE = {
 # Config of a stack whose agents attest their boot.
 MEASURED = {"mbPolicy": json.dumps(REFSTATE, indent=1), "tpmPolicy": "{}"}
 
+
+# kubernetes-validate and checkov live in their own virtualenv (see requirements-validators.txt).
+VALIDATORS = Path(os.environ.get("VALIDATORS_BIN", Path(sys.executable).parent))
 
 # Two hash seeds under which the same set of a few names iterates in different orders.
 HASH_SEEDS = ("1", "2")
@@ -96,3 +105,54 @@ def kube_objects(run: ProgramRun, kind: str, cluster: str | None = None) -> list
 
 def env_of(container: dict) -> dict[str, str]:
     return {item["name"]: item.get("value") for item in container.get("env", [])}
+
+
+def validate_strictly(manifests: list[Path]) -> subprocess.CompletedProcess:
+    """kubernetes-validate --strict against the Kubernetes version the Kind clusters run."""
+    return subprocess.run(
+        [str(VALIDATORS / "kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, "--quiet", *map(str, manifests)],
+        capture_output=True, text=True, check=False,
+    )
+
+
+def checkov(folder: Path) -> tuple[list[str], int]:
+    """checkov's Kubernetes checks over every manifest under `folder`: the failed ones (`<check> <resource>`), and
+    how many passed."""
+    result = subprocess.run(
+        [str(VALIDATORS / "checkov"), "-d", str(folder), "--framework", "kubernetes", "--skip-download", "--output",
+         "json", "--quiet"],
+        capture_output=True, text=True, check=False,
+    )
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    failed = [f"{c['check_id']} {c['resource']}" for r in reports for c in r.get("results", {}).get("failed_checks", [])]
+    return failed, sum(r.get("summary", {}).get("passed", 0) for r in reports)
+
+
+def database_alone(password: str, external_url: str | None = None, **args: object) -> tuple[ProgramRun, list[str]]:
+    """Only a KeylimeDatabase (its generated password is `password`): what it declares, and the names of what
+    its `ready` holds."""
+    ready: list[str] = []
+
+    def declare() -> None:
+        cluster = k8s.Provider("cluster", kubeconfig="kubeconfig")
+        namespace = k8s.core.v1.Namespace(
+            "namespace", metadata={"name": "keylime"}, opts=pulumi.ResourceOptions(provider=cluster)
+        )
+        database = postgres.KeylimeDatabase(
+            "db",
+            postgres.KeylimeDatabaseArgs(
+                provider=cluster,
+                namespace=namespace,
+                external_url=None if external_url is None else pulumi.Output.secret(external_url),
+                **{"storage_class": None, "storage_size": "8Gi", **args},  # type: ignore[arg-type]
+            ),
+            pulumi.ResourceOptions(providers=[command.Provider("command")]),
+        )
+        assert (database.secret_name, database.registrar_url_key, database.verifier_url_key) == (
+            postgres.SECRET_NAME, postgres.REGISTRAR_URL_KEY, postgres.VERIFIER_URL_KEY,
+        )
+        ready.extend(resource.pulumi_resource_name for resource in database.ready)
+
+    run = run_declarations(declare, command_stdout=lambda name, inputs: password if name == "db-password" else "")
+    return run, sorted(ready)

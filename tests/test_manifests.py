@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import MEASURED
+from helpers import MEASURED, checkov, validate_strictly
 
-from components.kind import KUBERNETES_VERSION
 from components.pod_security import WAIVERS
 from tools.render import render
-
-# kubernetes-validate and checkov live in their own virtualenv (see requirements-validators.txt).
-BIN = Path(os.environ.get("VALIDATORS_BIN", Path(sys.executable).parent))
 
 
 @pytest.fixture(scope="module", params=["swtpm", "hwtpm", "swtpm-measured-boot", "hwtpm-measured-boot"])
@@ -29,24 +21,13 @@ def manifests(request, tmp_path_factory) -> list[Path]:
 
 
 def test_every_manifest_validates_strictly_for_the_kind_kubernetes_version(manifests):
-    result = subprocess.run(
-        [str(BIN / "kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, "--quiet", *map(str, manifests)],
-        capture_output=True, text=True, check=False,
-    )
+    result = validate_strictly(manifests)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_checkov_finds_nothing_beyond_the_annotated_waivers(manifests):
-    folder = manifests[0].parents[1]
-    result = subprocess.run(
-        [str(BIN / "checkov"), "-d", str(folder), "--framework", "kubernetes", "--skip-download", "--output", "json", "--quiet"],
-        capture_output=True, text=True, check=False,
-    )
-    report = json.loads(result.stdout)
-    reports = report if isinstance(report, list) else [report]
-    failed = [f"{c['check_id']} {c['resource']}" for r in reports for c in r.get("results", {}).get("failed_checks", [])]
+    failed, passed = checkov(manifests[0].parents[1])
     assert failed == []
-    passed = sum(r.get("summary", {}).get("passed", 0) for r in reports)
     assert passed > 100
 
 

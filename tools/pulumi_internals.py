@@ -78,6 +78,7 @@ class Registration:
     delete_before_replace: bool
     additional_secret_outputs: list[str]
     replace_on_changes: list[str]
+    ignore_changes: list[str]
     deleted_with: str
 
 
@@ -104,6 +105,7 @@ class RegistrationMonitor(pulumi_mocks.MockMonitor):
                     delete_before_replace=request.deleteBeforeReplace,
                     additional_secret_outputs=list(request.additionalSecretOutputs),
                     replace_on_changes=list(request.replaceOnChanges),
+                    ignore_changes=list(request.ignoreChanges),
                     deleted_with=request.deletedWith,
                 )
             )

@@ -4,8 +4,8 @@
         database.url("keylime")      # postgresql+psycopg2://keylime:<password>@127.0.0.1:<port>/keylime
 
 initdb and pg_ctl refuse to run as root, so the cluster belongs to an unprivileged user (`nobody` by
-default); it listens on 127.0.0.1 only (the tests run in a private network namespace) on a free port,
-and clients authenticate with a password (scram-sha-256), as against a real server.
+default); it listens on 127.0.0.1 only (the tests run in a private network namespace) on a free port or
+the one given, and clients authenticate with a password (scram-sha-256), as against a real server.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ import socket
 import subprocess
 from pathlib import Path
 
+from components.postgres import database_url
+
 START_TIMEOUT = 60
 COMMAND_TIMEOUT = 120
 # Debian installs the server's programs per major version, off PATH.
 SERVER_BINARIES = "/usr/lib/postgresql/*/bin"
+LISTEN_ADDRESS = "127.0.0.1"
 
 
 class PostgresUnavailable(RuntimeError):  # noqa: N818 (a state of this machine, as `except PostgresUnavailable` reads)
@@ -37,18 +40,18 @@ def server_bin() -> Path:
 
 def free_port() -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((LISTEN_ADDRESS, 0))
         return probe.getsockname()[1]
 
 
 class ThrowawayPostgres:
-    def __init__(self, root: Path, user: str = "nobody"):
+    def __init__(self, root: Path, user: str = "nobody", port: int | None = None):
         self.bin = server_bin()
         self.root = root
         self.data = root / "data"
         self.socket_dir = root / "socket"
         self.owner = pwd.getpwnam(user)
-        self.port = free_port()
+        self.port = port or free_port()
         self.passwords: dict[str, str] = {}
         self.started = False
 
@@ -75,7 +78,7 @@ class ThrowawayPostgres:
         self._as_owner(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "postgres.log"), "-w",
             "-t", str(START_TIMEOUT), "start",
-            "-o", f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.socket_dir} "
+            "-o", f"-c listen_addresses={LISTEN_ADDRESS} -c port={self.port} -c unix_socket_directories={self.socket_dir} "
                   "-c fsync=off -c max_connections=200",
         )
         self.started = True
@@ -100,18 +103,18 @@ class ThrowawayPostgres:
             statement,
         ).stdout
 
-    def create_database(self, name: str) -> str:
-        """A role and a database of the same name, the role owning it with a fresh password; returns its URL."""
-        password = secrets.token_hex(16)
+    def create_database(self, name: str, password: str | None = None) -> str:
+        """A role and a database of the same name, the role owning it with `password` (by default a fresh one);
+        returns its URL."""
+        password = password or secrets.token_hex(16)
         self.sql(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
         self.sql(f"CREATE DATABASE {name} OWNER {name}")
         self.passwords[name] = password
         return self.url(name)
 
     def url(self, name: str) -> str:
-        """The SQLAlchemy URL keylime's `database_url` takes, naming its driver: psycopg2, which the upstream images
-        carry (SQLAlchemy 2.1 would load psycopg 3 for a bare postgresql://)."""
-        return f"postgresql+psycopg2://{name}:{self.passwords[name]}@127.0.0.1:{self.port}/{name}"
+        """The URL keylime's `database_url` takes, composed as the program composes its own."""
+        return database_url(name, self.passwords[name], LISTEN_ADDRESS, self.port, name)
 
     def stop(self) -> None:
         if self.started:

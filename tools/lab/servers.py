@@ -140,12 +140,14 @@ class KeylimeInfra:
     """Registrar, verifier and tenant as the infra cluster declares them, under `root`."""
 
     def __init__(self, root: Path, lab_bin: Path, cluster: Cluster, secret_value: Callable[[str], str],
-                 listen_address: str = DEFAULT_LISTEN_ADDRESS, database_url: str | None = None):
+                 listen_address: str = DEFAULT_LISTEN_ADDRESS, database_url: str | None = None,
+                 other_hosts: dict[str, str] | None = None):
         """`listen_address`: where the first pod of each server listens and the Services' names resolve
         (another loopback address lets a second set of servers run beside the first); further pods listen
         on the addresses after it. `database_url`: a real database for registrar and verifier (the lab's
         throwaway PostgreSQL) in place of the declared one; by default the declared sqlite file, on the
-        pod's volume."""
+        pod's volume. `other_hosts`: names the servers resolve besides the Services' ({name: address}),
+        such as a database's service name."""
         self.root, self.lab_bin, self.cluster = root, lab_bin, cluster
         self.listen_address = listen_address
         self.database_url = database_url
@@ -182,7 +184,8 @@ class KeylimeInfra:
             self._rewrite_config(component)
         self.hosts = root / "hosts"
         names = dialed_names(list(self.declared_configs.values()))
-        self.hosts.write_text(f"127.0.0.1 localhost\n{listen_address} {' '.join(names)}\n::1 localhost\n")
+        others = "".join(f"{address} {name}\n" for name, address in sorted((other_hosts or {}).items()))
+        self.hosts.write_text(f"127.0.0.1 localhost\n{listen_address} {' '.join(names)}\n{others}::1 localhost\n")
         self.hosts.chmod(0o644)
 
     def _config_env_name(self, component: str) -> str:

@@ -29,6 +29,7 @@ from .agent import AK_HANDLE, EmulatedAgent
 from .declared import Cluster, cluster, tls_declarations
 from .fleet import FleetAgent
 from .pod import Pod
+from .postgres import LISTEN_ADDRESS as DATABASE_ADDRESS
 from .postgres import PostgresUnavailable, ThrowawayPostgres, server_bin
 from .push import PushClient
 from .servers import DEFAULT_LISTEN_ADDRESS, KeylimeInfra, write_json
@@ -167,13 +168,17 @@ class Lab:
         boot_log: bytes | None = None,
         on_postgres: bool = False,
         server_options: Mapping[str, Mapping[str, object]] | None = None,
+        database_url: str | None = None,
     ):
         """`listen_address`: the loopback address the servers listen on; another one than the default lets
         this lab's servers run beside another lab's. `boot_log`: the event log the agent's TPM boots with, in
         place of the one its pod declares. `on_postgres`: registrar and verifier share a throwaway PostgreSQL
-        instead of their sqlite files. `server_options`: see `KeylimeInfra.start`."""
+        instead of their sqlite files. `server_options`: see `KeylimeInfra.start`. `database_url`: registrar
+        and verifier get it as KEYLIME_<SERVER>_DATABASE_URL, as the keylime-database Secret gives it them,
+        and a throwaway PostgreSQL serves it (its port, its user owning the database of the same name, its
+        password; its host name resolves to that server)."""
         check_host(lab_bin)
-        if on_postgres:
+        if on_postgres or database_url:
             try:
                 server_bin()
             except PostgresUnavailable as missing:
@@ -184,6 +189,10 @@ class Lab:
         # Where this lab's agent nodes, pods and TPMs live; a view with another agent pod gets its own.
         self.agent_dir = "agent"
         self.on_postgres, self.server_options = on_postgres, {k: dict(v) for k, v in (server_options or {}).items()}
+        self.database_url = database_url
+        if database_url:
+            for server in ("registrar", "verifier"):
+                self.server_options.setdefault(server, {})["database_url"] = database_url
         self._stops: list = []
         self._pods = itertools.count(1)
         # Where the pods' non-root users can reach what the lab writes (pytest's own tmp_path is private to root).
@@ -233,19 +242,31 @@ class Lab:
 
     @cached_property
     def postgres(self) -> ThrowawayPostgres:
-        """One database, `keylime`, for registrar and verifier (their schemas and migration tables differ)."""
-        database = ThrowawayPostgres(self.root / "postgres")
+        """One database for registrar and verifier (their schemas and migration tables differ): `keylime`, or
+        the one `database_url` names."""
+        served = urlsplit(self.database_url) if self.database_url else None
+        database = ThrowawayPostgres(self.root / "postgres", port=served.port if served else None)
         self._stops.append(database.stop)
         database.start()
-        database.create_database("keylime")
+        if served is None:
+            database.create_database("keylime")
+            return database
+        user, name = served.username, served.path.lstrip("/")
+        if not user or user != name or not served.password:
+            raise ValueError(f"the lab serves a database owned by a user of its name, with a password; got {name}")
+        database.create_database(user, served.password)
         return database
 
     @cached_property
     def infra(self) -> KeylimeInfra:
         """The registrar and verifier, running; the tenant, runnable."""
         database_url = self.postgres.url("keylime") if self.on_postgres else None
+        other_hosts = {}
+        if self.database_url:
+            other_hosts[urlsplit(self.database_url).hostname or ""] = DATABASE_ADDRESS
+            self.postgres  # noqa: B018 (started before the servers that dial it)
         servers = KeylimeInfra(self.root / "infra", self.lab_bin, self.infra_cluster, self.pki.real, self.listen_address,
-                               database_url)
+                               database_url, other_hosts)
         self._stops.append(servers.stop)
         servers.start(self.server_options)
         return servers
