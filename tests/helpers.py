@@ -14,7 +14,9 @@ import pulumi_kubernetes as k8s
 import pytest
 
 from components import postgres
+from components.keylime_servers import ServerCertificates
 from components.kind import KUBERNETES_VERSION
+from components.pki import IssuedCertificate
 from components.settings import Settings, SettingsError, parse_settings
 from tools.offline import ProgramRun, run_declarations, secret_config_keys, stack_config
 
@@ -156,3 +158,20 @@ def database_alone(password: str, external_url: str | None = None, **args: objec
 
     run = run_declarations(declare, command_stdout=lambda name, inputs: password if name == "db-password" else "")
     return run, sorted(ready)
+
+
+def certificates() -> ServerCertificates:
+    """Stand-in certificates, plain values (`CERT <role>`, `KEY <role>` as a secret), for a component built alone."""
+
+    def issued(role: str) -> IssuedCertificate:
+        return IssuedCertificate(
+            cert_pem=pulumi.Output.from_input(f"CERT {role}"), private_key_pem=pulumi.Output.secret(f"KEY {role}")
+        )
+
+    return ServerCertificates(
+        ca_cert_pem="CA",
+        registrar=issued("registrar"),
+        verifier=issued("verifier"),
+        verifier_client=issued("verifier-client"),
+        tenant=issued("tenant"),
+    )
