@@ -16,6 +16,7 @@ from components.keylime_servers import (
     NodePorts,
     ServerCertificates,
     SqliteDatabase,
+    keylime_namespace,
 )
 from components.kind_cluster import KindCluster, KindClusterArgs
 
@@ -66,6 +67,9 @@ class InfraCluster(pulumi.ComponentResource):
             ),
             pulumi.ResourceOptions(parent=self),
         )
+        # Objects go when the cluster goes; deleting them one by one first would only slow destroy down.
+        on_cluster = pulumi.ResourceOptions(parent=self, provider=self.kind.provider, deleted_with=self.kind.cluster)
+        self.namespace = keylime_namespace(name, on_cluster)
         self.servers = KeylimeServers(
             name,
             KeylimeServersArgs(
@@ -82,15 +86,14 @@ class InfraCluster(pulumi.ComponentResource):
                         verifier=args.verifier_node_port,
                     ),
                 ),
+                namespace=self.namespace,
                 # One sqlite writer per server, on the node's local-path storage.
                 database=SqliteDatabase(),
-                # Objects go when the cluster goes; deleting them one by one first would only slow destroy down.
                 deleted_with=self.kind.cluster,
                 ready=[self.kind.images_loaded],
             ),
-            pulumi.ResourceOptions(parent=self, provider=self.kind.provider),
+            on_cluster,
         )
-        self.namespace = self.servers.namespace
         self.tenant = self.servers.tenant
         self.workloads = self.servers.workloads
         self.register_outputs({"cluster_name": args.cluster_name})

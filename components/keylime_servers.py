@@ -125,6 +125,9 @@ class KeylimeServersArgs:
     uid: int
     gid: int
     """The user and group the servers run as."""
+    namespace: k8s.core.v1.Namespace
+    """The `keylime` Namespace (`keylime_namespace`), declared by the caller: the database goes in it before the
+    servers, which wait for the database."""
     exposure: Exposure
     database: Database
     deleted_with: pulumi.Resource | None
@@ -163,8 +166,12 @@ VERIFIER = _ServerShape(
 TENANT = _ServerShape("tenant", ports={}, probe_port=None, env={}, size=resources("50m", "128Mi", "500m", "512Mi"))
 
 
+def keylime_namespace(name: str, opts: pulumi.ResourceOptions) -> k8s.core.v1.Namespace:
+    """The `keylime` Namespace the servers (and the database, and the controller) run in."""
+    return k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=opts)
+
+
 class KeylimeServers(pulumi.ComponentResource):
-    namespace: k8s.core.v1.Namespace
     tenant: k8s.apps.v1.Deployment
     registrar_service: k8s.core.v1.Service
     verifier_service: k8s.core.v1.Service
@@ -173,9 +180,7 @@ class KeylimeServers(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: KeylimeServersArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:servers:KeylimeServers", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self, deleted_with=args.deleted_with)
-        self.namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=child)
-        in_namespace = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.namespace]))
+        in_namespace = pulumi.ResourceOptions(parent=self, deleted_with=args.deleted_with, depends_on=[args.namespace])
 
         config_files = {f"{component}.conf": args.configs[component] for component in SERVER_COMPONENTS}
         k8s.core.v1.ConfigMap(f"{name}-config", metadata=_metadata(CONFIG_MAP, "config"), data=config_files, opts=in_namespace)
@@ -218,7 +223,7 @@ class KeylimeServers(pulumi.ComponentResource):
                 opts=in_namespace,
             )
         self.workloads = [registrar, verifier, self.tenant, self.registrar_service, self.verifier_service]
-        self.register_outputs({"namespace": self.namespace.metadata.name})
+        self.register_outputs({})
 
 
 def _tls_secret(component: str) -> str:

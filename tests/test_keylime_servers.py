@@ -21,6 +21,7 @@ from components.keylime_servers import (
     NodePorts,
     PostgresDatabase,
     SqliteDatabase,
+    keylime_namespace,
 )
 from components.rollout import INPUTS_ANNOTATION
 from tools.offline import ProgramRun, run_declarations
@@ -54,6 +55,7 @@ def build(database: Database, exposure: Exposure, on_kind: bool) -> ProgramRun:
         local = pulumi.ResourceOptions(provider=command.Provider("command"))
         cluster = command.local.Command("cluster", create="true", opts=local) if on_kind else None
         ready = command.local.Command("ready", create="true", opts=local)
+        on_cluster = pulumi.ResourceOptions(provider=k8s.Provider("servers-k8s", kubeconfig="{}"), deleted_with=cluster)
         KeylimeServers(
             "servers",
             KeylimeServersArgs(
@@ -62,12 +64,13 @@ def build(database: Database, exposure: Exposure, on_kind: bool) -> ProgramRun:
                 certificates=certificates(),
                 uid=1234,
                 gid=2345,
+                namespace=keylime_namespace("servers", on_cluster),
                 exposure=exposure,
                 database=database,
                 deleted_with=cluster,
                 ready=[ready],
             ),
-            pulumi.ResourceOptions(provider=k8s.Provider("servers-k8s", kubeconfig="{}")),
+            on_cluster,
         )
 
     return run_declarations(declare)
@@ -88,7 +91,9 @@ def postgres() -> ProgramRun:
 
 
 def objects(run: ProgramRun) -> list:
-    return [r for r in run.resources if r.type.startswith("kubernetes:") and r.custom]
+    """The Kubernetes objects KeylimeServers declares (not the namespace, which the caller declares)."""
+    (servers,) = run.of_type("keylime:servers:KeylimeServers")
+    return [r for r in run.resources if r.type.startswith("kubernetes:") and r.custom and r.parent == servers.urn]
 
 
 def named(run: ProgramRun, kind: str, name: str):
@@ -259,12 +264,13 @@ def test_on_an_existing_cluster_every_object_is_deleted_for_real(postgres):
 
 
 @pytest.mark.parametrize("variant", ["sqlite", "postgres"])
-def test_pods_and_services_wait_for_what_is_ready_the_rest_does_not(request, variant):
+def test_everything_waits_for_the_namespace_and_only_pods_and_services_for_what_is_ready(request, variant):
     run = request.getfixturevalue(variant)
-    ready = run.named("ready").urn
+    ready, namespace = run.named("ready").urn, run.named("servers-namespace").urn
     for resource in objects(run):
         waits = resource.type.endswith((":Deployment", ":Service"))
         assert (ready in resource.dependencies) == waits, resource.name
+        assert namespace in resource.dependencies, resource.name
 
 
 def test_the_config_and_tls_secrets_are_the_ones_passed_in(postgres):
