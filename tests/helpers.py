@@ -131,9 +131,11 @@ def checkov(folder: Path) -> tuple[list[str], int]:
     return failed, sum(r.get("summary", {}).get("passed", 0) for r in reports)
 
 
-def database_alone(password: str, external_url: str | None = None, **args: object) -> tuple[ProgramRun, list[str]]:
+def database_alone(
+    password: str, external_url: str | None = None, urls: list[str] | None = None, **args: object
+) -> tuple[ProgramRun, list[str]]:
     """Only a KeylimeDatabase (its generated password is `password`): what it declares, and the names of what
-    its `ready` holds."""
+    its `ready` holds; `urls` receives its `url`."""
     ready: list[str] = []
 
     def declare() -> None:
@@ -155,6 +157,8 @@ def database_alone(password: str, external_url: str | None = None, **args: objec
             postgres.SECRET_NAME, postgres.REGISTRAR_URL_KEY, postgres.VERIFIER_URL_KEY,
         )
         ready.extend(resource.pulumi_resource_name for resource in database.ready)
+        if urls is not None:
+            database.url.apply(urls.append)
 
     run = run_declarations(declare, command_stdout=lambda name, inputs: password if name == "db-password" else "")
     return run, sorted(ready)

@@ -198,3 +198,12 @@ def test_the_in_cluster_manifests_validate_and_pass_checkov(in_cluster, tmp_path
     failed, passed = checkov(tmp_path)
     assert failed == []
     assert passed > 40
+
+
+@pytest.mark.parametrize("external_url", [None, EXTERNAL_URL], ids=["in-cluster", "external"])
+def test_the_url_it_gives_the_servers_is_the_one_its_secret_holds_for_both(external_url):
+    urls: list[str] = []
+    run, _ = database_alone(PASSWORD, external_url=external_url, urls=urls)
+    data = only(run, "Secret").plain["stringData"]
+    assert urls == [data[postgres.REGISTRAR_URL_KEY]] == [data[postgres.VERIFIER_URL_KEY]]
+    assert PASSWORD in urls[0] if external_url is None else urls == [EXTERNAL_URL]
