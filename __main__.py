@@ -18,6 +18,7 @@ from components.enrollment import Enrollment, EnrollmentArgs
 from components.images import CONTROLLER, SERVER_COMPONENTS, KeylimeImages, KeylimeImagesArgs, LocalClones
 from components.infra_cluster import InfraCluster, InfraClusterArgs
 from components.keylime_conf import agent_count
+from components.keylime_servers import ServerCertificates
 from components.pki import KeylimePki, KeylimePkiArgs
 from components.settings import NAMESPACE, load_settings
 from components.vtpm_vm import VtpmVm, VtpmVmArgs
@@ -107,11 +108,13 @@ infra = InfraCluster(
             "verifier": keylime_conf.verifier_conf(settings),
             "tenant": keylime_conf.tenant_conf(settings),
         },
-        ca_cert_pem=pki.ca_cert_pem,
-        registrar_cert=pki.servers["registrar"],
-        verifier_cert=pki.servers["verifier"],
-        verifier_client_cert=pki.clients["verifier-client"],
-        tenant_cert=pki.clients["tenant"],
+        certificates=ServerCertificates(
+            ca_cert_pem=pki.ca_cert_pem,
+            registrar=pki.servers["registrar"],
+            verifier=pki.servers["verifier"],
+            verifier_client=pki.clients["verifier-client"],
+            tenant=pki.clients["tenant"],
+        ),
         uid=settings.agent_uid,
         gid=settings.agent_gid,
         registrar_node_port=settings.registrar_node_port,

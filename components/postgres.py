@@ -72,16 +72,18 @@ class KeylimeDatabase(pulumi.ComponentResource):
     verifier_url_key: str
     ready: list[pulumi.Resource]
     """What the servers must wait for before they start."""
+    url: pulumi.Output[str]
+    """What both keys of the Secret hold (a secret): the servers digest it, so that a new URL rolls them."""
 
     def __init__(self, name: str, args: KeylimeDatabaseArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:database:KeylimeDatabase", name, None, opts)
         self.secret_name, self.registrar_url_key, self.verifier_url_key = SECRET_NAME, REGISTRAR_URL_KEY, VERIFIER_URL_KEY
         in_namespace = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.namespace])
         if args.external_url is not None:
-            url = pulumi.Output.secret(args.external_url)
-            self.ready = [_secret(name, {REGISTRAR_URL_KEY: url, VERIFIER_URL_KEY: url}, in_namespace)]
+            self.url = pulumi.Output.secret(args.external_url)
+            self.ready = [_secret(name, {REGISTRAR_URL_KEY: self.url, VERIFIER_URL_KEY: self.url}, in_namespace)]
         else:
-            self.ready = _in_cluster(name, args, in_namespace)
+            self.ready, self.url = _in_cluster(name, args, in_namespace)
         self.register_outputs(
             {"secret_name": SECRET_NAME, "registrar_url_key": REGISTRAR_URL_KEY, "verifier_url_key": VERIFIER_URL_KEY}
         )
@@ -99,7 +101,9 @@ def _secret(name: str, data: dict[str, pulumi.Input[str]], opts: pulumi.Resource
     )
 
 
-def _in_cluster(name: str, args: KeylimeDatabaseArgs, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+def _in_cluster(
+    name: str, args: KeylimeDatabaseArgs, opts: pulumi.ResourceOptions
+) -> tuple[list[pulumi.Resource], pulumi.Output[str]]:
     password = command.local.Command(
         f"{name}-password",
         create=PASSWORD_SCRIPT,
@@ -153,7 +157,7 @@ def _in_cluster(name: str, args: KeylimeDatabaseArgs, opts: pulumi.ResourceOptio
         spec=_statefulset_spec(args),
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[secret, service])),
     )
-    return [secret, service, statefulset]
+    return [secret, service, statefulset], url
 
 
 def _statefulset_spec(args: KeylimeDatabaseArgs) -> dict[str, Any]:

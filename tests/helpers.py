@@ -14,7 +14,9 @@ import pulumi_kubernetes as k8s
 import pytest
 
 from components import postgres
+from components.keylime_servers import ServerCertificates
 from components.kind import KUBERNETES_VERSION
+from components.pki import IssuedCertificate
 from components.settings import Settings, SettingsError, parse_settings
 from tools.offline import ProgramRun, run_declarations, secret_config_keys, stack_config
 
@@ -129,9 +131,11 @@ def checkov(folder: Path) -> tuple[list[str], int]:
     return failed, sum(r.get("summary", {}).get("passed", 0) for r in reports)
 
 
-def database_alone(password: str, external_url: str | None = None, **args: object) -> tuple[ProgramRun, list[str]]:
+def database_alone(
+    password: str, external_url: str | None = None, urls: list[str] | None = None, **args: object
+) -> tuple[ProgramRun, list[str]]:
     """Only a KeylimeDatabase (its generated password is `password`): what it declares, and the names of what
-    its `ready` holds."""
+    its `ready` holds; `urls` receives its `url`."""
     ready: list[str] = []
 
     def declare() -> None:
@@ -153,6 +157,25 @@ def database_alone(password: str, external_url: str | None = None, **args: objec
             postgres.SECRET_NAME, postgres.REGISTRAR_URL_KEY, postgres.VERIFIER_URL_KEY,
         )
         ready.extend(resource.pulumi_resource_name for resource in database.ready)
+        if urls is not None:
+            database.url.apply(urls.append)
 
     run = run_declarations(declare, command_stdout=lambda name, inputs: password if name == "db-password" else "")
     return run, sorted(ready)
+
+
+def certificates() -> ServerCertificates:
+    """Stand-in certificates, plain values (`CERT <role>`, `KEY <role>` as a secret), for a component built alone."""
+
+    def issued(role: str) -> IssuedCertificate:
+        return IssuedCertificate(
+            cert_pem=pulumi.Output.from_input(f"CERT {role}"), private_key_pem=pulumi.Output.secret(f"KEY {role}")
+        )
+
+    return ServerCertificates(
+        ca_cert_pem="CA",
+        registrar=issued("registrar"),
+        verifier=issued("verifier"),
+        verifier_client=issued("verifier-client"),
+        tenant=issued("tenant"),
+    )

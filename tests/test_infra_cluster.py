@@ -9,12 +9,12 @@ import pulumi_command as command
 import pulumi_docker as docker
 import pytest
 import yaml
-from helpers import all_containers, env_of, kube_objects, pod_spec
+from helpers import all_containers, certificates, env_of, kube_objects, pod_spec
 
 from components import keylime_conf
 from components.images import SERVER_COMPONENTS, BuiltImage
-from components.infra_cluster import CONFIG_MAP, InfraCluster, InfraClusterArgs
-from components.pki import IssuedCertificate
+from components.infra_cluster import InfraCluster, InfraClusterArgs
+from components.keylime_servers import CONFIG_MAP
 from tools.offline import ProgramRun, is_secret, run_declarations
 
 
@@ -119,12 +119,6 @@ def test_only_the_server_ports_accept_connections(swtpm):
 # --- InfraCluster alone, from its Args -------------------------------------------------------------
 
 
-def certificate(role: str) -> IssuedCertificate:
-    return IssuedCertificate(
-        cert_pem=pulumi.Output.from_input(f"CERT {role}"), private_key_pem=pulumi.Output.secret(f"KEY {role}")
-    )
-
-
 @pytest.fixture(scope="module")
 def infra_alone() -> ProgramRun:
     """Only an InfraCluster; the image builds it loads are stand-ins, its certificates plain values."""
@@ -150,11 +144,7 @@ def infra_alone() -> ProgramRun:
                 owner="keylime-push/ci",
                 images=builds,
                 configs={component: f"[{component}]\nalone = yes\n" for component in SERVER_COMPONENTS},
-                ca_cert_pem="CA",
-                registrar_cert=certificate("registrar"),
-                verifier_cert=certificate("verifier"),
-                verifier_client_cert=certificate("verifier-client"),
-                tenant_cert=certificate("tenant"),
+                certificates=certificates(),
                 uid=1234,
                 gid=2345,
                 registrar_node_port=31100,
@@ -207,3 +197,9 @@ def test_alone_every_object_waits_for_the_namespace_except_the_namespace(infra_a
     for resource in infra_alone.resources:
         if resource.type.startswith("kubernetes:") and resource.custom and resource is not namespace:
             assert namespace.urn in resource.dependencies, resource.name
+
+
+def test_alone_every_object_is_deleted_with_the_kind_cluster(infra_alone):
+    cluster = infra_alone.named("alone-cluster").urn
+    objects = [r for r in infra_alone.resources if r.type.startswith("kubernetes:") and r.custom]
+    assert objects and all(resource.deleted_with == cluster for resource in objects)

@@ -8,12 +8,11 @@ from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 from helpers import ROOT, checkov, database_alone, kube_objects, pod_spec, validate_strictly
 
 from components import postgres
 from tools.offline import ProgramRun, is_secret, redact
-from tools.render import kubernetes_objects, manifest_path
+from tools.render import write_manifests
 
 # What the mocked generate-password.sh prints: the shape of the real one's output.
 PASSWORD = "Zq3-aYl_0fV9kT2mW8sR1xC4nB7dE6gH5jK0pL9oI8u"
@@ -192,15 +191,19 @@ def test_an_external_database_is_only_a_secret_holding_its_url(external):
 
 
 def test_the_in_cluster_manifests_validate_and_pass_checkov(in_cluster, tmp_path):
-    paths = []
-    for cluster, obj in kubernetes_objects(in_cluster.resources):
-        path = manifest_path(tmp_path, cluster, obj)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(obj))
-        paths.append(path)
-    assert len(paths) == 5
+    assert write_manifests(in_cluster.resources, tmp_path) == 5
+    paths = sorted((tmp_path / "manifests").rglob("*.yaml"))
     result = validate_strictly(paths)
     assert result.returncode == 0, result.stdout + result.stderr
     failed, passed = checkov(tmp_path)
     assert failed == []
     assert passed > 40
+
+
+@pytest.mark.parametrize("external_url", [None, EXTERNAL_URL], ids=["in-cluster", "external"])
+def test_the_url_it_gives_the_servers_is_the_one_its_secret_holds_for_both(external_url):
+    urls: list[str] = []
+    run, _ = database_alone(PASSWORD, external_url=external_url, urls=urls)
+    data = only(run, "Secret").plain["stringData"]
+    assert urls == [data[postgres.REGISTRAR_URL_KEY]] == [data[postgres.VERIFIER_URL_KEY]]
+    assert PASSWORD in urls[0] if external_url is None else urls == [EXTERNAL_URL]

@@ -44,12 +44,9 @@ def manifest_path(out: Path, cluster: str, obj: dict) -> Path:
     return out / "manifests" / cluster / f"{obj['kind'].lower()}-{namespace}-{metadata['name']}.yaml"
 
 
-def render(stack: str, out: Path, overrides: dict[str, str]) -> tuple[int, int]:
-    run = run_program(stack, overrides)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    objects = kubernetes_objects(run.resources)
+def write_manifests(resources: list[Resource], out: Path) -> int:
+    """Every Kubernetes object of `resources` as out/manifests/<cluster>/<kind>-<namespace>-<name>.yaml."""
+    objects = kubernetes_objects(resources)
     for cluster, obj in objects:
         path = manifest_path(out, cluster, obj)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +54,15 @@ def render(stack: str, out: Path, overrides: dict[str, str]) -> tuple[int, int]:
         head = {key: obj[key] for key in ("apiVersion", "kind")}
         rest = {key: value for key, value in obj.items() if key not in head}
         path.write_text(yaml.safe_dump(head, sort_keys=False) + yaml.safe_dump(rest, sort_keys=True))
+    return len(objects)
+
+
+def render(stack: str, out: Path, overrides: dict[str, str]) -> tuple[int, int]:
+    run = run_program(stack, overrides)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    objects = write_manifests(run.resources, out)
     inventory = {
         "stack": stack,
         "resources": [r.inventory_entry() for r in run.resources],
@@ -65,7 +71,7 @@ def render(stack: str, out: Path, overrides: dict[str, str]) -> tuple[int, int]:
         },
     }
     (out / "inventory.json").write_text(json.dumps(inventory, indent=2, sort_keys=True) + "\n")
-    return len(run.resources), len(objects)
+    return len(run.resources), objects
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:
