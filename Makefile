@@ -18,10 +18,11 @@ export PATH := $(BIN):$(PATH)
 # A local file backend needs a passphrase for secrets; one is generated per checkout, never committed.
 export PULUMI_CONFIG_PASSPHRASE_FILE ?= $(CURDIR)/.pulumi-passphrase
 
-.PHONY: setup swtpm hwtpm verify enroll renew clean test render preflight preview policy system-packages mb-policy vm-boot-log bench
+.PHONY: setup swtpm hwtpm cluster verify enroll renew clean test render preflight preview policy system-packages mb-policy vm-boot-log bench
 
 # What the enrollment script needs, read from the stack's outputs (the kubeconfig never reaches the terminal).
 ENROLL_ENV = KUBECONFIG_DATA="$$(pulumi stack output infraKubeconfig --show-secrets --stack $(STACK))" \
+	KUBE_CONTEXT="$$(pulumi stack output infraContext --stack $(STACK))" \
 	EXPECTED_AGENTS="$$(pulumi stack output agentCount --stack $(STACK))" \
 	TPM_POLICY="$$(pulumi stack output tpmPolicy --stack $(STACK))" \
 	MB_POLICY="$$(pulumi stack output mbPolicy --stack $(STACK))"
@@ -67,10 +68,10 @@ $(BIN)/.installed: tools/cli-tools.toml
 	touch $@
 
 setup: $(VENV)/.installed $(BIN)/.installed $(PULUMI_CONFIG_PASSPHRASE_FILE)
-	for stack in swtpm hwtpm; do pulumi stack select --create --secrets-provider passphrase $$stack; done
+	for stack in swtpm hwtpm cluster; do pulumi stack select --create --secrets-provider passphrase $$stack; done
 	pulumi stack select swtpm
 
-swtpm hwtpm: setup
+swtpm hwtpm cluster: setup
 	pulumi up --stack $@ --yes
 
 # What `pulumi up` would change, judged by the policy pack: a mandatory violation fails the preview.
@@ -89,6 +90,7 @@ verify:
 enroll:
 	$(ENROLL_ENV) components/scripts/enroll.py add
 
+# The Kind and VM stacks only: the cluster stack runs on your own clusters, and is destroyed only on purpose.
 clean:
 	for stack in swtpm hwtpm; do \
 	  if pulumi stack select $$stack 2>/dev/null; then pulumi destroy --stack $$stack --yes; fi; \

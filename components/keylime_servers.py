@@ -180,7 +180,15 @@ class KeylimeServers(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: KeylimeServersArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:servers:KeylimeServers", name, None, opts)
-        in_namespace = pulumi.ResourceOptions(parent=self, deleted_with=args.deleted_with, depends_on=[args.namespace])
+        in_namespace = pulumi.ResourceOptions(
+            parent=self,
+            deleted_with=args.deleted_with,
+            depends_on=[args.namespace],
+            # Stacks deployed before this component existed had these objects directly under the component that
+            # now holds it (InfraCluster): the alias keeps them, where new URNs would create each object again,
+            # which the cluster refuses (AlreadyExists), then delete the old one.
+            aliases=[pulumi.Alias(parent=opts.parent)] if opts is not None and opts.parent is not None else [],
+        )
 
         config_files = {f"{component}.conf": args.configs[component] for component in SERVER_COMPONENTS}
         k8s.core.v1.ConfigMap(f"{name}-config", metadata=_metadata(CONFIG_MAP, "config"), data=config_files, opts=in_namespace)

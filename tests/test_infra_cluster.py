@@ -203,3 +203,12 @@ def test_alone_every_object_is_deleted_with_the_kind_cluster(infra_alone):
     cluster = infra_alone.named("alone-cluster").urn
     objects = [r for r in infra_alone.resources if r.type.startswith("kubernetes:") and r.custom]
     assert objects and all(resource.deleted_with == cluster for resource in objects)
+
+
+def test_objects_deployed_before_keylime_servers_existed_keep_their_urns(swtpm):
+    (infra,) = [r for r in swtpm.resources if r.type == "keylime:infra:InfraCluster"]
+    (servers,) = [r for r in swtpm.resources if r.type == "keylime:servers:KeylimeServers"]
+    moved = [r for r in swtpm.resources if r.parent == servers.urn]
+    assert moved and all(infra.urn in r.alias_parents for r in moved)
+    # The URN an alias names is the one the object had under InfraCluster: same type and name.
+    assert all(r.urn.replace("keylime:servers:KeylimeServers$", "") != r.urn for r in moved)

@@ -80,6 +80,8 @@ class Registration:
     replace_on_changes: list[str]
     ignore_changes: list[str]
     deleted_with: str
+    alias_parents: list[str]
+    """The parents each alias names (the URNs of components the resource used to be a child of)."""
 
 
 class RegistrationMonitor(pulumi_mocks.MockMonitor):
@@ -107,6 +109,10 @@ class RegistrationMonitor(pulumi_mocks.MockMonitor):
                     replace_on_changes=list(request.replaceOnChanges),
                     ignore_changes=list(request.ignoreChanges),
                     deleted_with=request.deletedWith,
+                    alias_parents=[
+                        *(alias.spec.parentUrn for alias in request.aliases if alias.HasField("spec")),
+                        *(urn.rsplit("::", 1)[0] for urn in request.aliasURNs),
+                    ],
                 )
             )
         return response
