@@ -12,7 +12,7 @@ import pulumi_docker as docker
 import pulumi_kubernetes as k8s
 import pytest
 import yaml
-from helpers import all_containers, checkov, env_of, kube_objects, pod_spec, validate_strictly
+from helpers import all_containers, checkov, env_of, kube_objects, pod_spec, validate_strictly, write_manifests
 from test_manifests import waived_manifests, workloads
 
 from components.agent_workload import TOLERATE_UNTRUSTED, AgentHost, AgentPodArgs
@@ -21,7 +21,6 @@ from components.existing_cluster import ExistingAgentCluster, ExistingAgentClust
 from components.images import BuiltImage
 from tools.offline import ProgramRun, is_secret, run_declarations, stack_config
 from tools.policy_check import evaluate
-from tools.render import kubernetes_objects, manifest_path
 
 API_SERVER = "https://edge.example.org:6443"
 CONTEXT = "edge-admin@edge"
@@ -245,12 +244,7 @@ def test_node_state_runs_again_on_every_start_and_hands_the_kept_state_to_a_new_
 
 @pytest.fixture(scope="module")
 def manifests(program, tmp_path_factory) -> list[Path]:
-    out = tmp_path_factory.mktemp("existing")
-    for cluster, obj in kubernetes_objects(program.resources):
-        path = manifest_path(out, cluster, obj)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(obj))
-    return sorted((out / "manifests").rglob("*.yaml"))
+    return write_manifests(program, tmp_path_factory.mktemp("existing"))
 
 
 def test_the_manifests_validate_strictly_for_the_kind_kubernetes_version(manifests):

@@ -8,12 +8,10 @@ from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
-from helpers import ROOT, checkov, database_alone, kube_objects, pod_spec, validate_strictly
+from helpers import ROOT, checkov, database_alone, kube_objects, pod_spec, validate_strictly, write_manifests
 
 from components import postgres
 from tools.offline import ProgramRun, is_secret, redact
-from tools.render import kubernetes_objects, manifest_path
 
 # What the mocked generate-password.sh prints: the shape of the real one's output.
 PASSWORD = "Zq3-aYl_0fV9kT2mW8sR1xC4nB7dE6gH5jK0pL9oI8u"
@@ -192,12 +190,7 @@ def test_an_external_database_is_only_a_secret_holding_its_url(external):
 
 
 def test_the_in_cluster_manifests_validate_and_pass_checkov(in_cluster, tmp_path):
-    paths = []
-    for cluster, obj in kubernetes_objects(in_cluster.resources):
-        path = manifest_path(tmp_path, cluster, obj)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(obj))
-        paths.append(path)
+    paths = write_manifests(in_cluster, tmp_path)
     assert len(paths) == 5
     result = validate_strictly(paths)
     assert result.returncode == 0, result.stdout + result.stderr
