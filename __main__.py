@@ -1,6 +1,6 @@
-"""keylime-push: Keylime push-model attestation on Kind clusters (swtpm) or a vTPM VM (hwtpm).
+"""keylime-push: Keylime push-model attestation on Kind clusters (swtpm), a vTPM VM (hwtpm) or your clusters (cluster).
 
-    settings -> PKI + images (start at once) -> infra cluster | agent clusters (in parallel)
+    settings -> PKI + images (start at once) -> servers' cluster | agent clusters (in parallel)
              -> enrollment (the deploy-time Command) -> attestation controller (carries it on after `up`)
 """
 
@@ -15,11 +15,13 @@ from components.agent_workload import AgentHost, AgentPodArgs
 from components.attestation_controller import AttestationController, AttestationControllerArgs, WatchedCluster
 from components.endpoints import SERVERS, agent_cluster_name, dial, host_port_address, infra_cluster_name, server_sans
 from components.enrollment import Enrollment, EnrollmentArgs
+from components.existing_cluster import ExistingAgentCluster, ExistingAgentClusterArgs
 from components.images import CONTROLLER, SERVER_COMPONENTS, KeylimeImages, KeylimeImagesArgs, LocalClones
-from components.infra_cluster import InfraCluster, InfraClusterArgs
+from components.infra_cluster import InfraCluster, InfraClusterArgs, InfraHost
 from components.keylime_conf import agent_count
-from components.keylime_servers import ServerCertificates
+from components.keylime_servers import Exposure, NodePorts, ServerCertificates
 from components.pki import KeylimePki, KeylimePkiArgs
+from components.server_cluster import ServerCluster, ServerClusterArgs
 from components.settings import NAMESPACE, load_settings
 from components.vtpm_vm import VtpmVm, VtpmVmArgs
 
@@ -54,9 +56,12 @@ images = KeylimeImages(
             if settings.keylime_git is not None and settings.rust_keylime_git is not None
             else None
         ),
+        registry=settings.image_registry,
     ),
     local,
 )
+# cluster: the user's kubeconfig, every context the program deploys to; a secret from here on.
+user_kubeconfig = pulumi.Output.secret(settings.kubeconfig.get_secret_value()) if settings.kubeconfig else None
 
 agent = AgentPodArgs(
     image=images.image("agent"),
@@ -66,8 +71,23 @@ agent = AgentPodArgs(
     ca_cert_pem=pki.ca_cert_pem,
     measured_boot=bool(settings.mb_policy),
 )
-agent_hosts: list[AgentHost] = (
-    [
+server_configs = {
+    "registrar": keylime_conf.registrar_conf(settings),
+    "verifier": keylime_conf.verifier_conf(settings),
+    "tenant": keylime_conf.tenant_conf(settings),
+}
+server_certificates = ServerCertificates(
+    ca_cert_pem=pki.ca_cert_pem,
+    registrar=pki.servers["registrar"],
+    verifier=pki.servers["verifier"],
+    verifier_client=pki.clients["verifier-client"],
+    tenant=pki.clients["tenant"],
+)
+infra_images = {component: images.image(component) for component in (*SERVER_COMPONENTS, CONTROLLER)}
+
+
+def agents_on_kind() -> list[AgentHost]:
+    return [
         AgentCluster(
             f"agents-{index}",
             AgentClusterArgs(
@@ -80,8 +100,10 @@ agent_hosts: list[AgentHost] = (
         )
         for index in range(1, settings.agent_clusters + 1)
     ]
-    if settings.tpm_mode == "swtpm"
-    else [
+
+
+def agents_in_a_vm() -> list[AgentHost]:
+    return [
         VtpmVm(
             "vm",
             VtpmVmArgs(
@@ -95,37 +117,92 @@ agent_hosts: list[AgentHost] = (
             local_and_tls,
         )
     ]
-)
 
-infra = InfraCluster(
-    "infra",
-    InfraClusterArgs(
-        cluster_name=infra_cluster_name(settings),
-        owner=cluster_owner,
-        images={component: images.image(component) for component in (*SERVER_COMPONENTS, CONTROLLER)},
-        configs={
-            "registrar": keylime_conf.registrar_conf(settings),
-            "verifier": keylime_conf.verifier_conf(settings),
-            "tenant": keylime_conf.tenant_conf(settings),
-        },
-        certificates=ServerCertificates(
-            ca_cert_pem=pki.ca_cert_pem,
-            registrar=pki.servers["registrar"],
-            verifier=pki.servers["verifier"],
-            verifier_client=pki.clients["verifier-client"],
-            tenant=pki.clients["tenant"],
+
+def servers_on_kind(agent_hosts: list[AgentHost]) -> InfraCluster:
+    return InfraCluster(
+        "infra",
+        InfraClusterArgs(
+            cluster_name=infra_cluster_name(settings),
+            owner=cluster_owner,
+            images=infra_images,
+            configs=server_configs,
+            certificates=server_certificates,
+            uid=settings.agent_uid,
+            gid=settings.agent_gid,
+            registrar_node_port=settings.registrar_node_port,
+            registrar_tls_node_port=settings.registrar_tls_node_port,
+            verifier_node_port=settings.verifier_node_port,
+            listen_address=host_port_address(settings),
+            # hwtpm: that address is the host's on the VM's network, which exists only once the network does.
+            listen_address_from=[host.network for host in agent_hosts if isinstance(host, VtpmVm)],
         ),
-        uid=settings.agent_uid,
-        gid=settings.agent_gid,
-        registrar_node_port=settings.registrar_node_port,
-        registrar_tls_node_port=settings.registrar_tls_node_port,
-        verifier_node_port=settings.verifier_node_port,
-        listen_address=host_port_address(settings),
-        # hwtpm: that address is the host's on the VM's network, which exists only once the network does.
-        listen_address_from=[host.network for host in agent_hosts if isinstance(host, VtpmVm)],
-    ),
-    local,
-)
+        local,
+    )
+
+
+def servers_on_your_cluster() -> ServerCluster:
+    assert user_kubeconfig is not None and settings.server_context is not None, "validated by load_settings"
+    return ServerCluster(
+        "servers",
+        ServerClusterArgs(
+            kubeconfig=user_kubeconfig,
+            context=settings.server_context,
+            api_server=settings.api_server(settings.server_context),
+            images=infra_images,
+            configs=server_configs,
+            certificates=server_certificates,
+            uid=settings.agent_uid,
+            gid=settings.agent_gid,
+            exposure=Exposure(
+                settings.service_type or "LoadBalancer",
+                NodePorts(settings.registrar_node_port, settings.registrar_tls_node_port, settings.verifier_node_port)
+                if settings.service_type == "NodePort"
+                else None,
+                pin_agents=True,
+            ),
+            registrar_replicas=settings.registrar_replicas or 2,
+            verifier_replicas=settings.verifier_replicas or 1,
+            storage_class=settings.postgres_storage_class or "",
+            storage_size=settings.postgres_storage or "",
+            database_url=(
+                pulumi.Output.secret(settings.database_url.get_secret_value())
+                if settings.database_url is not None and settings.database_url.get_secret_value()
+                else None
+            ),
+        ),
+        local,
+    )
+
+
+def agents_on_your_clusters(servers: ServerCluster) -> list[AgentHost]:
+    assert user_kubeconfig is not None and settings.agent_node_label is not None, "validated by load_settings"
+    label_key, label_value = settings.agent_node_label
+    return [
+        ExistingAgentCluster(
+            f"agents-{context}",
+            ExistingAgentClusterArgs(
+                kubeconfig=user_kubeconfig,
+                context=context,
+                api_server=settings.api_server(context),
+                agent=agent,
+                node_selector={label_key: label_value},
+                servers_namespace=servers.namespace if context == settings.server_context else None,
+            ),
+            local,
+        )
+        for context in settings.agent_context_names
+    ]
+
+
+infra: InfraHost
+agent_hosts: list[AgentHost]
+if settings.tpm_mode == "cluster":
+    infra = servers_on_your_cluster()
+    agent_hosts = agents_on_your_clusters(infra)
+else:
+    agent_hosts = agents_on_kind() if settings.tpm_mode == "swtpm" else agents_in_a_vm()
+    infra = servers_on_kind(agent_hosts)
 
 enrollment = Enrollment(
     "enrollment",
@@ -133,8 +210,9 @@ enrollment = Enrollment(
         tpm_policy_json=settings.tpm_policy_json,
         mb_policy_json=settings.mb_policy,
         expected_agents=agent_count(settings),
-        infra_kubeconfig=infra.kind.kubeconfig,
-        cluster_ids=[infra.kind.cluster.id, *(host.identity for host in agent_hosts)],
+        infra_kubeconfig=infra.kubeconfig,
+        infra_context=infra.context,
+        cluster_ids=[infra.identity, *(host.identity for host in agent_hosts)],
         ready=[*infra.workloads, *(host.daemon_set for host in agent_hosts)],
     ),
     local,
@@ -144,12 +222,12 @@ controller = AttestationController(
     "controller",
     AttestationControllerArgs(
         image=images.image(CONTROLLER).ref,
-        infra_provider=infra.kind.provider,
+        infra_provider=infra.provider,
         # It takes over from the deploy-time enrollment: on a new policy, enroll.py re-enrolls first and the
         # controller reads the new policy only then, so the two never act on the same agent at once. It does not
         # wait for the verification: a node that fails it is exactly one the controller must gate.
-        infra_ready=[infra.namespace, infra.kind.images_loaded, enrollment.enroll],
-        infra_cluster=infra.kind.cluster,
+        infra_ready=[infra.namespace, *infra.images_ready, enrollment.enroll],
+        infra_cluster=infra.machine,
         registrar_url=dial(settings, "controller", "registrar").url,
         verifier_url=dial(settings, "controller", "verifier").url,
         ca_cert_pem=pki.ca_cert_pem,
@@ -171,7 +249,9 @@ controller = AttestationController(
         # swtpm: the CA the program signs every software TPM's EK with. hwtpm: libvirt's vTPM EK is signed by the
         # host's swtpm local CA, which the program does not know yet, so EKs are not checked there (README).
         ek_trust_pem=(
-            pki.tpm_manufacturer_ca.cert_pem
+            settings.ek_trust_bundle
+            if settings.require_ek_cert and settings.tpm_mode == "cluster"
+            else pki.tpm_manufacturer_ca.cert_pem
             if settings.require_ek_cert and pki.tpm_manufacturer_ca is not None
             else None
         ),
@@ -193,4 +273,5 @@ for host in agent_hosts:
         pulumi.export("vmBootLog", host.boot_log)
 pulumi.export("enrolledAgents", enrollment.enrolled)
 pulumi.export("attestation", enrollment.attestation)
-pulumi.export("infraKubeconfig", infra.kind.kubeconfig)
+pulumi.export("infraKubeconfig", infra.kubeconfig)
+pulumi.export("infraContext", infra.context)

@@ -82,7 +82,9 @@ class AttestationControllerArgs:
     infra_ready: list[pulumi.Resource]
     """What the controller's infra objects wait for: the keylime namespace, the loaded images, and whatever must
     have acted before the controller does (the deploy-time enrollment)."""
-    infra_cluster: pulumi.Resource
+    infra_cluster: pulumi.Resource | None
+    """What deletes the controller's objects in the servers' cluster with it (a Kind cluster); None on a cluster
+    the program does not own: each is deleted for real."""
     registrar_url: str
     verifier_url: str
     ca_cert_pem: pulumi.Input[str]

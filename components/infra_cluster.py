@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Protocol
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -19,6 +20,27 @@ from components.keylime_servers import (
     keylime_namespace,
 )
 from components.kind_cluster import KindCluster, KindClusterArgs
+
+
+class InfraHost(Protocol):
+    """Where the servers run (an InfraCluster on Kind, or a ServerCluster on the user's cluster): what the
+    enrollment Command and the attestation controller need of it."""
+
+    cluster_name: str
+    kubeconfig: pulumi.Output[str]
+    """Admin access for the program's own kubectl (a secret; never exported in plain text)."""
+    context: str
+    """The context of kubeconfig to use; empty: its current one."""
+    identity: pulumi.Output[str]
+    """Changes when the cluster is replaced, which means new servers and new enrollments."""
+    provider: k8s.Provider
+    machine: pulumi.Resource | None
+    """What deletes the cluster's objects with it (a Kind cluster); None: each is deleted for real."""
+    namespace: k8s.core.v1.Namespace
+    images_ready: list[pulumi.Resource]
+    """What puts the images where the cluster's nodes find them."""
+    workloads: list[pulumi.Resource]
+    """What is up once the servers serve."""
 
 
 @dataclasses.dataclass
@@ -44,7 +66,15 @@ class InfraClusterArgs:
 
 
 class InfraCluster(pulumi.ComponentResource):
+    """An `InfraHost` the program makes: one Kind cluster."""
+
     cluster_name: str
+    kubeconfig: pulumi.Output[str]
+    context: str
+    identity: pulumi.Output[str]
+    provider: k8s.Provider
+    machine: pulumi.Resource | None
+    images_ready: list[pulumi.Resource]
     kind: KindCluster
     servers: KeylimeServers
     namespace: k8s.core.v1.Namespace
@@ -67,6 +97,8 @@ class InfraCluster(pulumi.ComponentResource):
             ),
             pulumi.ResourceOptions(parent=self),
         )
+        self.kubeconfig, self.context, self.identity = self.kind.kubeconfig, "", self.kind.cluster.id
+        self.provider, self.machine, self.images_ready = self.kind.provider, self.kind.cluster, [self.kind.images_loaded]
         # Objects go when the cluster goes; deleting them one by one first would only slow destroy down.
         on_cluster = pulumi.ResourceOptions(parent=self, provider=self.kind.provider, deleted_with=self.kind.cluster)
         self.namespace = keylime_namespace(name, on_cluster)

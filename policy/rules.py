@@ -643,29 +643,34 @@ def kind_clusters(resources: list[PolicyResource]) -> dict[str, list[tuple[int, 
     return found
 
 
-def node_ports(resources: list[PolicyResource]) -> set[int]:
+def exposed_ports(resources: list[PolicyResource]) -> set[int]:
+    """What a client outside the cluster can dial: every NodePort, and a LoadBalancer's own ports."""
     ports = set()
     for resource in resources:
-        if resource.resource_type == "kubernetes:core/v1:Service" and get(resource.props, "spec", "type") == "NodePort":
-            ports |= {
-                int(get(p, "nodePort")) for p in items(get(resource.props, "spec", "ports")) if get(p, "nodePort") is not None
-            }
+        service_type = get(resource.props, "spec", "type")
+        if resource.resource_type != "kubernetes:core/v1:Service" or service_type not in ("NodePort", "LoadBalancer"):
+            continue
+        for port in items(get(resource.props, "spec", "ports")):
+            ports |= {int(get(port, "nodePort"))} if get(port, "nodePort") is not None else set()
+            ports |= {int(get(port, "port"))} if service_type == "LoadBalancer" and get(port, "port") is not None else set()
     return ports
 
 
 def validate_agent_endpoints_published(args: StackValidationArgs, report_violation: ReportViolation) -> None:
     resources = list(args.resources)
-    clusters, exposed = kind_clusters(resources), node_ports(resources)
+    clusters, exposed = kind_clusters(resources), exposed_ports(resources)
     for dialed in dialed_addresses(resources):
         if dialed.client != "agent" or dialed.port is None:
             continue
         if dialed.port not in exposed:
             report_violation(
-                f"{dialed.where}: the agent dials the {dialed.server} on port {dialed.port}, but no NodePort Service exposes it",
+                f"{dialed.where}: the agent dials the {dialed.server} on port {dialed.port}, but no NodePort or "
+                "LoadBalancer Service exposes it",
                 None,
             )
         # A Kind node's container name is reached directly on the `kind` network; anything else goes through the host.
-        if any(dialed.host == f"{name}-control-plane" for name in clusters) or not _is_ip(dialed.host):
+        # Without Kind (the user's own clusters) the address is theirs: nothing here publishes it.
+        if not clusters or any(dialed.host == f"{name}-control-plane" for name in clusters) or not _is_ip(dialed.host):
             continue
         published = [(port, address) for mappings in clusters.values() for port, address in mappings if port == dialed.port]
         if not any(address in WILDCARD_ADDRESSES or _same_address(dialed.host, {address}) for _, address in published):
@@ -752,8 +757,8 @@ POLICIES = [
     ),
     StackValidationPolicy(
         name="agent-endpoints-published",
-        description="Every port an agent dials is a NodePort, and an address it dials through the host is one Kind publishes "
-        "that port on.",
+        description="Every port an agent dials is a NodePort or a LoadBalancer's port, and an address it dials through the "
+        "host is one Kind publishes that port on.",
         validate=validate_agent_endpoints_published,
         enforcement_level=EnforcementLevel.MANDATORY,
     ),

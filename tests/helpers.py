@@ -12,7 +12,6 @@ import pulumi
 import pulumi_command as command
 import pulumi_kubernetes as k8s
 import pytest
-import yaml
 
 from components import postgres
 from components.keylime_servers import ServerCertificates
@@ -20,7 +19,6 @@ from components.kind import KUBERNETES_VERSION
 from components.pki import IssuedCertificate
 from components.settings import Settings, SettingsError, parse_settings
 from tools.offline import ProgramRun, run_declarations, secret_config_keys, stack_config
-from tools.render import kubernetes_objects, manifest_path
 
 ROOT = Path(__file__).resolve().parent.parent
 # The shape `keylime-policy create measured-boot` writes (values shortened): what keylime's example policy reads.
@@ -109,17 +107,6 @@ def kube_objects(run: ProgramRun, kind: str, cluster: str | None = None) -> list
 
 def env_of(container: dict) -> dict[str, str]:
     return {item["name"]: item.get("value") for item in container.get("env", [])}
-
-
-def write_manifests(run: ProgramRun, folder: Path) -> list[Path]:
-    """Every Kubernetes object `run` declares as a manifest under `folder`, laid out as tools/render lays them out."""
-    paths = []
-    for cluster, obj in kubernetes_objects(run.resources):
-        path = manifest_path(folder, cluster, obj)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(obj))
-        paths.append(path)
-    return sorted(paths)
 
 
 def validate_strictly(manifests: list[Path]) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import pulumi_docker as docker
 import pulumi_kubernetes as k8s
 import pytest
 import yaml
-from helpers import all_containers, checkov, env_of, kube_objects, pod_spec, validate_strictly, write_manifests
+from helpers import all_containers, checkov, env_of, kube_objects, pod_spec, validate_strictly
 from test_manifests import waived_manifests, workloads
 
 from components.agent_workload import TOLERATE_UNTRUSTED, AgentHost, AgentPodArgs
@@ -21,6 +21,7 @@ from components.existing_cluster import ExistingAgentCluster, ExistingAgentClust
 from components.images import BuiltImage
 from tools.offline import ProgramRun, is_secret, run_declarations, stack_config
 from tools.policy_check import evaluate
+from tools.render import write_manifests
 
 API_SERVER = "https://edge.example.org:6443"
 CONTEXT = "edge-admin@edge"
@@ -244,7 +245,9 @@ def test_node_state_runs_again_on_every_start_and_hands_the_kept_state_to_a_new_
 
 @pytest.fixture(scope="module")
 def manifests(program, tmp_path_factory) -> list[Path]:
-    return write_manifests(program, tmp_path_factory.mktemp("existing"))
+    folder = tmp_path_factory.mktemp("existing")
+    write_manifests(program.resources, folder)
+    return sorted((folder / "manifests").rglob("*.yaml"))
 
 
 def test_the_manifests_validate_strictly_for_the_kind_kubernetes_version(manifests):

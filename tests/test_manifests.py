@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers import MEASURED, checkov, validate_strictly
-from test_keylime_servers import replicated_on_postgres
 
 from components.pod_security import WAIVERS
-from tools.render import render, write_manifests
+from tools.offline import Secret
+from tools.render import render
+
+EXTERNAL_DATABASE = {"databaseUrl": Secret("postgresql+psycopg2://keylime:pw@db.example.com:5432/keylime")}
 
 
 @pytest.fixture(
-    scope="module", params=["swtpm", "hwtpm", "swtpm-measured-boot", "hwtpm-measured-boot", "servers-on-postgres"]
+    scope="module",
+    params=["swtpm", "hwtpm", "swtpm-measured-boot", "hwtpm-measured-boot", "cluster", "cluster-external-database"],
 )
 def manifests(request, tmp_path_factory) -> list[Path]:
     out = tmp_path_factory.mktemp(request.param)
-    if request.param == "servers-on-postgres":
-        # What only the cluster stack declares: replicas, budgets, load balancers, database URLs from a Secret.
-        write_manifests(replicated_on_postgres().resources, out)
-    else:
-        stack, _, variant = request.param.partition("-")
-        render(stack, out, MEASURED if variant else {})
+    stack, _, variant = request.param.partition("-")
+    variants: dict[str, Mapping[str, object]] = {"measured-boot": MEASURED, "external-database": EXTERNAL_DATABASE}
+    render(stack, out, variants.get(variant, {}))
     return sorted((out / "manifests").rglob("*.yaml"))
 
 

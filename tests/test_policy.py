@@ -29,6 +29,7 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 from components import agent_workload
 from components.kind import kind_config
 from policy import rules
+from tools.example import EXAMPLES
 from tools.offline import ProgramRun, run_program, stack_config
 from tools.policy_check import Violation, engine_props, evaluate, resource_args, stack_args
 
@@ -70,11 +71,11 @@ def summary(found: list[Violation]) -> set[tuple[str, str, int | str]]:
 
 @pytest.fixture(scope="module")
 def stacks() -> dict[str, ProgramRun]:
-    return {stack: run_program(stack) for stack in ("swtpm", "hwtpm")}
+    return {stack: run_program(stack, EXAMPLES.get(stack)) for stack in ("swtpm", "hwtpm", "cluster")}
 
 
 def check(run: ProgramRun, stack: str, **overrides) -> list[Violation]:
-    return evaluate(run, stack_config(stack, overrides))
+    return evaluate(run, stack_config(stack, {**EXAMPLES.get(stack, {}), **overrides}))
 
 
 def replaced(run: ProgramRun, name: str, change) -> ProgramRun:
@@ -97,17 +98,16 @@ def unwrap(value):
 # --- the program's own stacks ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stack", ["swtpm", "hwtpm"])
+@pytest.mark.parametrize("stack", ["swtpm", "hwtpm", "cluster"])
 def test_the_program_passes_every_policy(stacks, stack):
     assert summary(check(stacks[stack], stack)) == set()
 
 
-@pytest.mark.parametrize("stack", ["swtpm", "hwtpm"])
+@pytest.mark.parametrize("stack", ["swtpm", "hwtpm", "cluster"])
 def test_every_resource_policy_applies_to_some_resource_of_the_program(stacks, stack):
     """No policy passes by finding nothing to look at: each one breaks on a resource the program declares."""
     run = stacks[stack]
     agent = next(r.name for r in run.resources if r.name.endswith("-agent") and r.type == "kubernetes:apps/v1:DaemonSet")
-    kubeconfig = "infra-kubeconfig" if stack == "swtpm" else "vm-kubeconfig"
     breakages = {
         "agent-security-context": (
             agent,
@@ -119,13 +119,16 @@ def test_every_resource_policy_applies_to_some_resource_of_the_program(stacks, s
         ),
         "images-pinned": ("images-agent", lambda i: i.update(imageName="keylime-push/agent:latest")),
         "key-material-in-secrets": ("enrollment-enroll", lambda i: i.update(create=f"echo '{KEY}' | enroll.py add")),
-        "key-material-in-secrets ": (kubeconfig, lambda i: i.update(logging="stdoutAndStderr")),
         "tpm-policy-pcrs": ("enrollment-enroll", lambda i: unwrap(i["environment"]).update(TPM_POLICY=json.dumps({"10": ZEROS}))),
         "host-ports-bound": (
             agent,
             lambda i: i["spec"]["template"]["spec"]["containers"][0].update(ports=[{"containerPort": 1, "hostPort": 2}]),
         ),
     }
+    # The Kind and VM stacks read a kubeconfig with a Command; the cluster stack has the user's, in its config.
+    kubeconfig = {"swtpm": "infra-kubeconfig", "hwtpm": "vm-kubeconfig"}.get(stack)
+    if kubeconfig is not None:
+        breakages["key-material-in-secrets "] = (kubeconfig, lambda i: i.update(logging="stdoutAndStderr"))
     for policy, (name, change) in breakages.items():
         found = [
             v
@@ -267,7 +270,7 @@ def test_an_agent_port_without_a_node_port_is_refused(stacks):
     assert found == [
         f"kubernetes:core/v1:ConfigMap 'agents-{n}-config' (keylime/keylime-agent-config): the agent dials the "
         "verifier on port 30881, "
-        "but no NodePort Service exposes it"
+        "but no NodePort or LoadBalancer Service exposes it"
         for n in (1, 2)
     ]
 
@@ -614,8 +617,13 @@ def test_agent_endpoints_published_minimal():
     ]
     assert run(agent("keylime-infra-control-plane"), kind("127.0.0.1")) == [
         "kubernetes:core/v1:ConfigMap 'cfg' (cfg): the agent dials the registrar on port 30890, but no NodePort "
-        "Service exposes it"
+        "or LoadBalancer Service exposes it"
     ]
+    # The user's own clusters: a LoadBalancer's port is what agents dial, at an address nothing here publishes.
+    balancer = resource("kubernetes:core/v1:Service", "lb", {"spec": {"type": "LoadBalancer", "ports": [{"port": 30890}]}})
+    assert run(agent("10.0.0.7"), balancer) == []
+    internal = resource("kubernetes:core/v1:Service", "ip", {"spec": {"type": "ClusterIP", "ports": [{"port": 30890}]}})
+    assert len(run(agent("10.0.0.7"), internal)) == 1
 
 
 def test_secrets_reach_policies_unwrapped_as_pulumi_policy_presents_them(stacks):

@@ -165,6 +165,7 @@ def test_make_preview_runs_pulumi_preview_with_the_policy_pack(runner, tmp_path)
     assert [c["args"] for c in calls] == [
         ["stack", "select", "--create", "--secrets-provider", "passphrase", "swtpm"],
         ["stack", "select", "--create", "--secrets-provider", "passphrase", "hwtpm"],
+        ["stack", "select", "--create", "--secrets-provider", "passphrase", "cluster"],
         ["stack", "select", "swtpm"],
         ["preview", "--stack", "hwtpm", "--diff", "--policy-pack", "policy"],
     ]

@@ -37,6 +37,7 @@ from pulumi_policy.proxy import unknown_checking_proxy
 
 from components.settings import SettingsError
 from policy.rules import POLICIES
+from tools.example import EXAMPLES
 from tools.offline import ProgramRun, Resource, run_program, stack_config
 from tools.render import parse_overrides
 
@@ -144,12 +145,14 @@ def evaluate(
 
 
 def check_stack(stack: str, overrides: Mapping[str, object] | None = None, policy_config=None) -> list[Violation]:
-    return evaluate(run_program(stack, overrides), stack_config(stack, overrides), policy_config)
+    """The cluster stack is checked on the example clusters (tools/example), under any overrides given."""
+    config = {**EXAMPLES.get(stack, {}), **(overrides or {})}
+    return evaluate(run_program(stack, config), stack_config(stack, config), policy_config)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stack", required=True, choices=["swtpm", "hwtpm"])
+    parser.add_argument("--stack", required=True, choices=["swtpm", "hwtpm", "cluster"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     try:

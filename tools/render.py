@@ -1,6 +1,7 @@
 """Offline render, the `helm template` of this project: no Pulumi CLI, no cluster, no cloud.
 
     python -m tools.render --stack swtpm --out render/swtpm [--set agentClusters=4 ...]
+    python -m tools.render --stack cluster        (onto the example clusters of tools/example)
 
 Evaluates the program for a stack under mocks and writes
   manifests/<cluster>/<kind>-<namespace>-<name>.yaml  every Kubernetes object, per target cluster
@@ -14,11 +15,13 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
 from components.settings import SettingsError
+from tools.example import EXAMPLES
 from tools.offline import Resource, redact, run_program
 
 KUBERNETES_PREFIX = "kubernetes:"
@@ -57,8 +60,9 @@ def write_manifests(resources: list[Resource], out: Path) -> int:
     return len(objects)
 
 
-def render(stack: str, out: Path, overrides: dict[str, str]) -> tuple[int, int]:
-    run = run_program(stack, overrides)
+def render(stack: str, out: Path, overrides: Mapping[str, object]) -> tuple[int, int]:
+    """The cluster stack renders onto the example clusters (tools/example), under any overrides given."""
+    run = run_program(stack, {**EXAMPLES.get(stack, {}), **overrides})
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -86,7 +90,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stack", required=True, choices=["swtpm", "hwtpm"])
+    parser.add_argument("--stack", required=True, choices=["swtpm", "hwtpm", "cluster"])
     parser.add_argument("--out", type=Path, help="output folder (default: render/<stack>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key for this render, e.g. --set agentClusters=4")

@@ -21,6 +21,10 @@ CLUSTER: dict[str, object] = {
 }
 
 
+# The stacks whose real config only the deployed stack has: rendered and previewed with these.
+EXAMPLES: dict[str, dict[str, object]] = {"cluster": CLUSTER}
+
+
 def cluster_config(**overrides: object) -> dict[str, object]:
     """The example cluster config with `overrides` on top."""
     return {**CLUSTER, **overrides}

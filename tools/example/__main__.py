@@ -10,10 +10,8 @@ import json
 import subprocess
 import sys
 
-from tools.example import CLUSTER
+from tools.example import EXAMPLES
 from tools.offline import PROJECT, Secret
-
-EXAMPLES = {"cluster": CLUSTER}
 
 
 def configure(stack: str) -> None:
