@@ -152,6 +152,7 @@ controller = AttestationController(
         ca_cert_pem=pki.ca_cert_pem,
         client_cert=pki.clients["attestation-controller"],
         tpm_policy_json=settings.tpm_policy_json,
+        mb_policy_json=settings.mb_policy,
         clusters=[
             WatchedCluster(
                 name=host.host_name,
