@@ -90,6 +90,7 @@ agent_hosts: list[AgentHost] = (
                 base_image=settings.vm_image,
                 cpus=settings.vm_cpus,
                 memory_mib=settings.vm_memory_mib,
+                read_ek_issuer=settings.require_ek_cert,
             ),
             local_and_tls,
         )
@@ -166,12 +167,12 @@ controller = AttestationController(
         uid=settings.agent_uid,
         gid=settings.agent_gid,
         taint_effect=settings.taint_effect,
-        # swtpm: the CA the program signs every software TPM's EK with. hwtpm: libvirt's vTPM EK is signed by the
-        # host's swtpm local CA, which the program does not know yet, so EKs are not checked there (README).
+        # swtpm: the CA the program signs every software TPM's EK with. hwtpm: the host's swtpm local CA, which
+        # signed the vTPM's EK certificate, read from the libvirt host once the VM exists.
         ek_trust_pem=(
-            pki.tpm_manufacturer_ca.cert_pem
-            if settings.require_ek_cert and pki.tpm_manufacturer_ca is not None
-            else None
+            None if not settings.require_ek_cert
+            else pki.tpm_manufacturer_ca.cert_pem if pki.tpm_manufacturer_ca is not None
+            else next(host.ek_issuer_pem for host in agent_hosts if isinstance(host, VtpmVm))
         ),
         prometheus_operator=settings.prometheus_operator,
     ),

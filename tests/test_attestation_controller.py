@@ -385,3 +385,17 @@ def test_swtpm_eks_are_signed_by_the_program_s_manufacturer_ca_which_the_control
     assert "EK_TRUST_DIR" not in env_of(container)
     assert not [r for r in run("hwtpm").resources if "tpm-manufacturer" in r.name]
 
+
+def test_hwtpm_eks_are_checked_against_the_local_ca_read_from_the_libvirt_host_after_the_vm(run):
+    program = run("hwtpm", command_stdout=lambda name, inputs: "LOCALCA PEM\n" if name == "vm-ek-issuer" else "")
+    reader = program.named("vm-ek-issuer")
+    assert program.named("vm-domain").urn in reader.dependencies
+    assert reader.plain["triggers"] == ["vm-domain-id"]  # read again for a new VM, and only then
+    trust = named(program, "Secret", f"{CONTROLLER}-ek-trust", "infra")
+    assert trust.plain["stringData"] == {"tpm-manufacturer.pem": "LOCALCA PEM\n"}
+    (container,) = pod_spec(named(program, "Deployment", CONTROLLER, "infra"))["containers"]
+    assert "EK_TRUST_DIR" in env_of(container)
+    not_required = run("hwtpm", requireEkCert=False)
+    assert not [r for r in not_required.resources if r.name == "vm-ek-issuer"]
+    (container,) = pod_spec(named(not_required, "Deployment", CONTROLLER, "infra"))["containers"]
+    assert "EK_TRUST_DIR" not in env_of(container)
