@@ -451,12 +451,12 @@ class Settings(BaseModel):
         "(agentClusters=1 only).",
     )
     require_ek_cert: Annotated[bool, Key("true | false", _boolean, "boolean")] = Field(
-        # Production (hwtpm) requires EK certificates; swtpm's are signed by the program's "TPM manufacturer" CA.
-        default_factory=lambda settings: settings.get("tpm_mode") in ("hwtpm", "cluster"),
+        # Every mode knows the CA its TPMs' EK certificates are signed by, so the check is on unless turned off.
+        True,
         alias="requireEkCert",
-        description="Only agents whose EK certificate chains to the EK trust store are enrolled (the attestation "
-        "controller checks; swtpm: the program's TPM manufacturer CA; cluster: ekTrustBundle). Stack files set it: false for "
-        "swtpm, true for hwtpm; default true for cluster.",
+        description="Only agents whose EK certificate chains to the EK trust store stay enrolled (the attestation "
+        "controller checks, and removes any other enrollment; trust store: swtpm the program's TPM manufacturer CA, "
+        "hwtpm the libvirt host's swtpm local CA, cluster ekTrustBundle).",
     )
     taint_effect: Annotated[TaintEffect, Key(" | ".join(TAINT_EFFECTS), _choice(TAINT_EFFECTS))] = Field(
         "NoSchedule",

@@ -356,7 +356,7 @@ def test_the_controller_acts_only_after_the_deploy_time_enrollment_and_does_not_
 
 
 def test_swtpm_eks_are_signed_by_the_program_s_manufacturer_ca_which_the_controller_trusts_when_required(run):
-    program = run("swtpm", requireEkCert=True, agentClusters=2)
+    program = run("swtpm", agentClusters=2)  # the stack file requires EK certificates
     ca = program.named("pki-tpm-manufacturer-ca")
     assert ca.plain["isCaCertificate"] is True and ca.plain["setSubjectKeyId"] is True
     assert ca.plain["privateKeyPem"] == fake_pem("PRIVATE KEY", "pki-tpm-manufacturer-key")
