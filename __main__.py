@@ -113,6 +113,7 @@ def agents_in_a_vm() -> list[AgentHost]:
                 base_image=settings.vm_image,
                 cpus=settings.vm_cpus,
                 memory_mib=settings.vm_memory_mib,
+                read_ek_issuer=settings.require_ek_cert,
             ),
             local_and_tls,
         )
@@ -195,6 +196,19 @@ def agents_on_your_clusters(servers: ServerCluster) -> list[AgentHost]:
     ]
 
 
+def ek_trust_store() -> pulumi.Input[str] | None:
+    """The CAs the controller accepts EK certificates from. swtpm: the one the program signs every software TPM's
+    EK with. hwtpm: the host's swtpm local CA, which signed the vTPM's, read from the libvirt host once the VM
+    exists. cluster: the TPM manufacturers' CAs the user gave."""
+    if not settings.require_ek_cert:
+        return None
+    if settings.tpm_mode == "cluster":
+        return settings.ek_trust_bundle
+    if pki.tpm_manufacturer_ca is not None:
+        return pki.tpm_manufacturer_ca.cert_pem
+    return next(host.ek_issuer_pem for host in agent_hosts if isinstance(host, VtpmVm))
+
+
 infra: InfraHost
 agent_hosts: list[AgentHost]
 if settings.tpm_mode == "cluster":
@@ -233,6 +247,7 @@ controller = AttestationController(
         ca_cert_pem=pki.ca_cert_pem,
         client_cert=pki.clients["attestation-controller"],
         tpm_policy_json=settings.tpm_policy_json,
+        mb_policy_json=settings.mb_policy,
         clusters=[
             WatchedCluster(
                 name=host.host_name,
@@ -246,15 +261,7 @@ controller = AttestationController(
         uid=settings.agent_uid,
         gid=settings.agent_gid,
         taint_effect=settings.taint_effect,
-        # swtpm: the CA the program signs every software TPM's EK with. hwtpm: libvirt's vTPM EK is signed by the
-        # host's swtpm local CA, which the program does not know yet, so EKs are not checked there (README).
-        ek_trust_pem=(
-            settings.ek_trust_bundle
-            if settings.require_ek_cert and settings.tpm_mode == "cluster"
-            else pki.tpm_manufacturer_ca.cert_pem
-            if settings.require_ek_cert and pki.tpm_manufacturer_ca is not None
-            else None
-        ),
+        ek_trust_pem=ek_trust_store(),
         prometheus_operator=settings.prometheus_operator,
     ),
 )

@@ -40,6 +40,7 @@ EVENT_NAMESPACE = "default"
 AGENT_SELECTOR = "app.kubernetes.io/name=keylime-agent"
 CONFIG_DIR = "/etc/keylime-controller"
 POLICY_FILE = f"{CONFIG_DIR}/policy/tpm_policy.json"
+MB_POLICY_FILE = f"{CONFIG_DIR}/policy/mb_policy.json"
 TLS_DIR = f"{CONFIG_DIR}/tls"
 CLUSTERS_DIR = f"{CONFIG_DIR}/clusters"
 CLUSTERS_FILE = f"{CLUSTERS_DIR}/clusters.json"
@@ -90,6 +91,8 @@ class AttestationControllerArgs:
     ca_cert_pem: pulumi.Input[str]
     client_cert: IssuedCertificate
     tpm_policy_json: str
+    mb_policy_json: str
+    """The measured-boot reference state agents are enrolled with (as the deploy-time enrollment's MB_POLICY); empty: none."""
     clusters: list[WatchedCluster]
     uid: int
     gid: int
@@ -129,10 +132,12 @@ class AttestationController(pulumi.ComponentResource):
         on_infra = pulumi.ResourceOptions(
             parent=self, provider=args.infra_provider, deleted_with=args.infra_cluster, depends_on=args.infra_ready
         )
+        # Both policies, re-read every pass: a change of either re-enrolls every agent, with no restart.
+        policy_files = {"tpm_policy.json": args.tpm_policy_json, "mb_policy.json": args.mb_policy_json}
         self.policy = k8s.core.v1.ConfigMap(
             f"{name}-policy",
             metadata=_metadata(f"{NAME}-policy"),
-            data={"tpm_policy.json": args.tpm_policy_json},
+            data=policy_files,
             opts=on_infra,
         )
         clusters_file = json.dumps({cluster: f"{CLUSTERS_DIR}/{cluster}.kubeconfig" for cluster in sorted(kubeconfigs)})
@@ -174,7 +179,7 @@ class AttestationController(pulumi.ComponentResource):
         # The controller re-reads its policy file every pass, but a new certificate or new clusters need a new
         # process: the pod template carries the digest of everything it mounts (components/rollout.py).
         mounted: dict[str, Any] = {
-            f"{NAME}-policy": {"tpm_policy.json": args.tpm_policy_json},
+            f"{NAME}-policy": policy_files,
             f"{NAME}-tls": tls_files,
             f"{NAME}-clusters": clusters_files,
         }
@@ -344,6 +349,7 @@ def _pod_spec(args: AttestationControllerArgs) -> dict[str, Any]:
         "CLIENT_CERT": f"{TLS_DIR}/client-cert.crt",
         "CLIENT_KEY": f"{TLS_DIR}/client-private.pem",
         "POLICY_FILE": POLICY_FILE,
+        "MB_POLICY_FILE": MB_POLICY_FILE,
         "CLUSTERS_FILE": CLUSTERS_FILE,
         "AGENT_NAMESPACE": KEYLIME_NAMESPACE,
         "AGENT_SELECTOR": AGENT_SELECTOR,

@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, Valid
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUndefined, core_schema
 
+from components.libvirt_host import REACHABLE, localca_reader
+
 NAMESPACE = "keylime-push"
 
 TpmMode = Literal["swtpm", "hwtpm", "cluster"]
@@ -449,12 +451,12 @@ class Settings(BaseModel):
         "(agentClusters=1 only).",
     )
     require_ek_cert: Annotated[bool, Key("true | false", _boolean, "boolean")] = Field(
-        # Production (hwtpm) requires EK certificates; swtpm's are signed by the program's "TPM manufacturer" CA.
-        default_factory=lambda settings: settings.get("tpm_mode") in ("hwtpm", "cluster"),
+        # Every mode knows the CA its TPMs' EK certificates are signed by, so the check is on unless turned off.
+        True,
         alias="requireEkCert",
-        description="Only agents whose EK certificate chains to the EK trust store are enrolled (the attestation "
-        "controller checks; swtpm: the program's TPM manufacturer CA; cluster: ekTrustBundle). Stack files set it: false for "
-        "swtpm, true for hwtpm; default true for cluster.",
+        description="Only agents whose EK certificate chains to the EK trust store stay enrolled (the attestation "
+        "controller checks, and removes any other enrollment; trust store: swtpm the program's TPM manufacturer CA, "
+        "hwtpm the libvirt host's swtpm local CA, cluster ekTrustBundle).",
     )
     taint_effect: Annotated[TaintEffect, Key(" | ".join(TAINT_EFFECTS), _choice(TAINT_EFFECTS))] = Field(
         "NoSchedule",
@@ -749,6 +751,12 @@ def _cross_key_problems(settings: Mapping[str, Any]) -> Iterator[str]:
             f"{NAMESPACE}:verifierNodePort: {verifier_port} clashes with registrarNodePort {registrar_port} "
             f"(the registrar also publishes TLS on {registrar_port + 1}); allowed: distinct NodePorts"
         )
+    libvirt_uri = settings.get("libvirt_uri")
+    if settings.get("tpm_mode") == "hwtpm" and settings.get("require_ek_cert") and libvirt_uri:
+        try:
+            localca_reader(libvirt_uri)
+        except ValueError:
+            yield _refusal("libvirtUri", libvirt_uri, f"with requireEkCert, {REACHABLE} (the vTPM's EK CA is read there)")
     agent_clusters = settings.get("agent_clusters", 1)
     if settings.get("tpm_mode") == "hwtpm" and agent_clusters != 1:
         yield _refusal("agentClusters", agent_clusters, "1 when tpmMode=hwtpm (the agents run in one VM)")

@@ -18,6 +18,7 @@ import pulumi_tls as tls
 from components import cloud_init
 from components.agent_workload import SECURITYFS_BOOT_LOG, AgentPodArgs, declare_agent_workload, node_state_dirs
 from components.device_plugin import declare_device_plugin
+from components.libvirt_host import localca_reader
 from components.providers import cluster_provider
 
 VM_NAME = "keylime-vtpm"
@@ -45,6 +46,8 @@ class VtpmVmArgs:
     """The cloud image (qcow2) the root disk grows from: an http(s) URL or an absolute path."""
     cpus: int
     memory_mib: int
+    read_ek_issuer: bool = False
+    """requireEkCert: read the CA that signs the vTPM's EK certificate from the libvirt host (`ek_issuer_pem`)."""
 
 
 class VtpmVm(pulumi.ComponentResource):
@@ -61,6 +64,8 @@ class VtpmVm(pulumi.ComponentResource):
     """The VM's UEFI event log (base64) as it booted: what a measured-boot reference state is made from."""
     api_server: str
     machine: pulumi.Resource | None
+    ek_issuer_pem: pulumi.Output[str] | None
+    """The certificate of the host's swtpm local CA that signed the vTPM's EK certificate (read_ek_issuer); else None."""
 
     def __init__(self, name: str, args: VtpmVmArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:vm:VtpmVm", name, None, opts)
@@ -145,6 +150,16 @@ class VtpmVm(pulumi.ComponentResource):
         )
         self.identity = self.domain.id
         self.machine = self.domain
+        # libvirt's swtpm_setup signs the vTPM's EK certificate with the host's swtpm local CA, which exists only once
+        # a domain's TPM has been made: the program cannot know it before, so it reads it after the domain.
+        self.ek_issuer_pem = command.local.Command(
+            f"{name}-ek-issuer",
+            create=localca_reader(args.libvirt_uri),
+            stdin=(SCRIPTS / "swtpm-localca-issuer.sh").read_text(),
+            triggers=[self.domain.id],
+            logging=command.local.Logging.STDERR,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.domain]),
+        ).stdout if args.read_ek_issuer else None
         self.api_server = f"https://{address}:{KUBEADM_API_SERVER_PORT}"
 
         connection = command.remote.ConnectionArgs(

@@ -8,6 +8,8 @@ Configuration (environment; files come from mounted ConfigMaps and Secrets):
   REGISTRAR_URL, VERIFIER_URL     https://host:port of the registrar's TLS port and of the verifier
   KEYLIME_CA, CLIENT_CERT, CLIENT_KEY   the CA the servers' certificates chain to; the controller's client certificate
   POLICY_FILE                     the stack's TPM policy (JSON), re-read every pass: a change re-enrolls every agent
+  MB_POLICY_FILE                  optional; the measured-boot reference state (JSON; an empty file: none), re-read
+                                  every pass like POLICY_FILE
   EK_TRUST_DIR                    optional; set: requireEkCert, only EKs signed by a CA in this directory are enrolled
   CLUSTERS_FILE                   JSON {"<cluster>": "<kubeconfig path>" | "in-cluster"}
   AGENT_NAMESPACE, AGENT_SELECTOR where the agent DaemonSet's pods are (default keylime, app.kubernetes.io/name=keylime-agent)
@@ -30,7 +32,7 @@ from kubernetes import client as kube_client  # type: ignore[import-untyped]  # 
 from kubernetes import config as kube_config
 
 from .ek import TrustStore
-from .enrollment import PASS
+from .enrollment import PASS, Policies
 from .keylime import Registrar, Tls, Verifier
 from .kube import TAINT_EFFECTS, Cluster
 from .reconcile import Controller, Outcome
@@ -48,6 +50,7 @@ class Config:
     verifier_url: str
     tls: Tls
     policy_file: Path
+    mb_policy_file: Path | None
     ek_trust_dir: Path | None
     clusters: dict[str, str]
     namespace: str
@@ -94,6 +97,7 @@ class Config:
             registrar_url=need("REGISTRAR_URL"), verifier_url=need("VERIFIER_URL"),
             tls=Tls(need("KEYLIME_CA"), need("CLIENT_CERT"), need("CLIENT_KEY")),
             policy_file=Path(need("POLICY_FILE")),
+            mb_policy_file=Path(env["MB_POLICY_FILE"]) if env.get("MB_POLICY_FILE") else None,
             ek_trust_dir=Path(env["EK_TRUST_DIR"]) if env.get("EK_TRUST_DIR") else None,
             clusters=clusters, namespace=env.get("AGENT_NAMESPACE", "keylime"),
             selector=env.get("AGENT_SELECTOR", "app.kubernetes.io/name=keylime-agent"), taint_effect=effect,
@@ -117,8 +121,13 @@ def build(config: Config) -> Controller:
     clusters = {name: Cluster(name, api_client(path), config.namespace, config.selector)
                 for name, path in sorted(config.clusters.items())}
     trust = TrustStore.load(config.ek_trust_dir) if config.ek_trust_dir else None
+
+    def policies() -> Policies:
+        mb_policy = config.mb_policy_file.read_text() if config.mb_policy_file else ""
+        return Policies.parse(config.policy_file.read_text(), mb_policy)
+
     return Controller(Registrar(config.registrar_url, config.tls), Verifier(config.verifier_url, config.tls), clusters,
-                      config.policy_file.read_text, trust, config.taint_effect)
+                      policies, trust, config.taint_effect)
 
 
 def not_passing(outcome: Outcome) -> list[str]:

@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 
 from .ek import TrustStore
-from .enrollment import FAIL, PASS, PENDING, TIMEOUT, canonical_policy, enrollable_policy
+from .enrollment import FAIL, PASS, PENDING, TIMEOUT, Policies
 
 REFUSED = "REFUSED"
 UNREGISTERED = "UNREGISTERED"
@@ -125,10 +125,9 @@ class Plan:
     """Why parts of the decision were not taken this pass (an API that did not answer)."""
 
 
-def plan(snapshot: Snapshot, policy: str | Mapping[str, object], trust: TrustStore | None) -> Plan:
+def plan(snapshot: Snapshot, policies: Policies, trust: TrustStore | None) -> Plan:
     """`trust` None: requireEkCert is false and any EK is accepted."""
     result = Plan()
-    wanted = enrollable_policy(policy)
     if snapshot.registered is None or snapshot.verifier is None:
         down = [name for name, value in (("registrar", snapshot.registered), ("verifier", snapshot.verifier)) if value is None]
         result.held_back.append(f"{' and '.join(down)} did not answer: no enrollment, removal or gating this pass")
@@ -159,7 +158,7 @@ def plan(snapshot: Snapshot, policy: str | Mapping[str, object], trust: TrustSto
 
     chosen: set[str] = set()
     for pod in sorted(pods, key=lambda p: (p.cluster, p.node)):
-        verdict = _node(pod, claimants.get(pod.address, []), by_address[pod.address], verifier, placements, wanted,
+        verdict = _node(pod, claimants.get(pod.address, []), by_address[pod.address], verifier, placements, policies,
                         snapshot.registrations, trust, result)
         result.nodes.append(verdict)
         if verdict.uuid is not None:
@@ -202,8 +201,8 @@ def plan(snapshot: Snapshot, policy: str | Mapping[str, object], trust: TrustSto
     return result
 
 
-def _node(pod: AgentPod, claims: list[str], sharing: list[AgentPod], verifier, placements, wanted, registrations,
-          trust: TrustStore | None, result: Plan) -> NodeVerdict:
+def _node(pod: AgentPod, claims: list[str], sharing: list[AgentPod], verifier, placements, policies: Policies,
+          registrations, trust: TrustStore | None, result: Plan) -> NodeVerdict:
     if len(sharing) > 1:
         names = ", ".join(f"{p.cluster}/{p.node}" for p in sharing)
         for uuid in claims:
@@ -247,9 +246,10 @@ def _node(pod: AgentPod, claims: list[str], sharing: list[AgentPod], verifier, p
     if record is None:
         result.enroll.append(Enroll(uuid, pod, replace=False))
         return NodeVerdict(pod, PENDING, uuid, "enrolling")
-    if canonical_policy(record.get("tpm_policy")) != wanted:
+    outdated = policies.outdated(record)
+    if outdated is not None:
         result.enroll.append(Enroll(uuid, pod, replace=True))
-        return NodeVerdict(pod, PENDING, uuid, "re-enrolling with the current TPM policy")
+        return NodeVerdict(pod, PENDING, uuid, f"re-enrolling: {outdated}")
     status = str(record.get("attestation_status"))
     return NodeVerdict(pod, status if status in NODE_STATES else PENDING, uuid, _reason(status, record))
 

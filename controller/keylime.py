@@ -17,7 +17,7 @@ from typing import Any
 import requests
 
 from .backoff import Backoff, Transient
-from .enrollment import stored_form
+from .enrollment import Policies
 
 API_VERSION = "2.6"
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -105,20 +105,22 @@ class Verifier(Api):
         if response.status_code not in (200, 404):
             raise Unavailable(f"verifier delete {uuid}: HTTP {response.status_code} {response.text[:300]}")
 
-    def enroll(self, uuid: str, aik_tpm: str, policy: Mapping[str, list[str]], metadata: Mapping[str, str]) -> None:
-        """What `keylime_tenant -c add --push-model` sends, with the controller's metadata (the agent's placement)."""
+    def enroll(self, uuid: str, aik_tpm: str, policies: Policies, metadata: Mapping[str, str]) -> None:
+        """What `keylime_tenant -c add --push-model [--mb-policy]` sends, with the controller's metadata (the agent's
+        placement, and the digest of its measured-boot policy). No mb_policy_name: the verifier keeps the policy
+        under the agent's ID and deletes it with the agent."""
         body = {
             "v": None,
             "cloudagent_ip": None,
             "cloudagent_port": None,
-            "tpm_policy": stored_form(policy),
+            "tpm_policy": policies.stored_tpm_policy(),
             "runtime_policy": base64.b64encode(b"").decode(),
             "runtime_policy_name": None,
             "runtime_policy_key": None,
-            "mb_policy": None,
+            "mb_policy": policies.boot,
             "mb_policy_name": None,
             "ima_sign_verification_keys": "",
-            "metadata": json.dumps(dict(metadata)),
+            "metadata": json.dumps({**metadata, **policies.metadata()}),
             "revocation_key": "",
             "accept_tpm_hash_algs": ACCEPT_HASH_ALGS,
             "accept_tpm_encryption_algs": ACCEPT_ENCRYPTION_ALGS,

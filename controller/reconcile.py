@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from .ek import TrustStore
-from .enrollment import enrollable_policy
+from .enrollment import Policies
 from .fleet import Plan, Registration, Snapshot, plan
 from .keylime import Registrar, Unavailable, Verifier
 from .kube import Cluster, Unreachable
@@ -35,9 +35,9 @@ class Outcome:
 
 class Controller:
     def __init__(self, registrar: Registrar, verifier: Verifier, clusters: Mapping[str, Cluster],
-                 policy: Callable[[], str], trust: TrustStore | None, taint_effect: str = "NoSchedule"):
+                 policies: Callable[[], Policies], trust: TrustStore | None, taint_effect: str = "NoSchedule"):
         self.registrar, self.verifier, self.clusters = registrar, verifier, dict(clusters)
-        self.policy, self.trust, self.taint_effect = policy, trust, taint_effect
+        self.policies, self.trust, self.taint_effect = policies, trust, taint_effect
         # Registrations are immutable per UUID since keylime 7.14 (a changed TPM identity is refused), so what was
         # read once is kept; a restart only costs reading them again.
         self.registrations: dict[str, Registration] = {}
@@ -105,8 +105,8 @@ class Controller:
         started = time.monotonic()
         errors: list[str] = []
         snapshot, nodes = self.snapshot(errors)
-        policy = enrollable_policy(self.policy())
-        decision = plan(snapshot, policy, self.trust)
+        policies = self.policies()
+        decision = plan(snapshot, policies, self.trust)
         for note in decision.held_back:
             log.warning("%s", note)
         for removal in decision.remove:
@@ -128,7 +128,7 @@ class Controller:
                     continue
                 if enrollment.replace:
                     self.verifier.delete(enrollment.uuid)
-                self.verifier.enroll(enrollment.uuid, self.aik[enrollment.uuid], policy,
+                self.verifier.enroll(enrollment.uuid, self.aik[enrollment.uuid], policies,
                                      {"cluster": pod.cluster, "node": pod.node, "address": pod.address})
             except Unavailable as error:
                 errors.append(f"enroll {enrollment.uuid}: {error}")

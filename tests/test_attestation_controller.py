@@ -72,7 +72,8 @@ EVENT_RULES = [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}
 
 
 def declare_alone(clusters: tuple[str, ...] = ("east", "west"), policy: str = '{"8": "aa"}', effect: str = "NoSchedule",
-                  prometheus_operator: bool = False, ek_trust: str | None = None, not_owned: tuple[str, ...] = ()) -> ProgramRun:
+                  prometheus_operator: bool = False, ek_trust: str | None = None, mb_policy: str = "",
+                  not_owned: tuple[str, ...] = ()) -> ProgramRun:
     """`not_owned`: clusters the program did not make (the `cluster` stack's), whose objects nothing deletes for it."""
 
     def declare() -> None:
@@ -105,6 +106,7 @@ def declare_alone(clusters: tuple[str, ...] = ("east", "west"), policy: str = '{
                 client_cert=IssuedCertificate(cert_pem=pulumi.Output.from_input("CERT"),
                                               private_key_pem=pulumi.Output.secret("KEY")),
                 tpm_policy_json=policy,
+                mb_policy_json=mb_policy,
                 clusters=watched,
                 uid=1234,
                 gid=2345,
@@ -162,7 +164,7 @@ def test_alone_every_file_the_controller_is_told_to_read_is_mounted_from_what_th
     sources = {("configMap", c.plain["metadata"]["name"]): set(c.plain["data"]) for c in config_maps}
     secrets = {s.plain["metadata"]["name"]: s.plain["stringData"] for s in kube_objects(alone, "Secret", "infra")}
     sources.update({("secret", name): set(data) for name, data in secrets.items()})
-    for key in ("KEYLIME_CA", "CLIENT_CERT", "CLIENT_KEY", "POLICY_FILE", "CLUSTERS_FILE", "EK_TRUST_DIR"):
+    for key in ("KEYLIME_CA", "CLIENT_CERT", "CLIENT_KEY", "POLICY_FILE", "MB_POLICY_FILE", "CLUSTERS_FILE", "EK_TRUST_DIR"):
         if key == "EK_TRUST_DIR":
             folder, file = env[key], "tpm-manufacturer.pem"
         else:
@@ -236,11 +238,12 @@ def test_alone_each_cluster_s_kubeconfig_carries_only_its_own_service_account_to
         assert user["user"] == {"token": f"token-of-{token.name}"}
 
 
-def test_alone_the_policy_config_map_follows_the_policy_and_the_pod_restarts_exactly_on_a_change():
-    first, changed, same = (
-        declare_alone(policy='{"8": "aa"}'),
-        declare_alone(policy='{"8": "bb"}'),
-        declare_alone(policy='{"8": "aa"}'),
+def test_alone_the_policy_config_map_follows_both_policies_and_the_pod_restarts_exactly_on_a_change():
+    first, changed, same, boot_changed = (
+        declare_alone(policy='{"8": "aa"}', mb_policy='{"kernels": []}'),
+        declare_alone(policy='{"8": "bb"}', mb_policy='{"kernels": []}'),
+        declare_alone(policy='{"8": "aa"}', mb_policy='{"kernels": []}'),
+        declare_alone(policy='{"8": "aa"}', mb_policy='{"kernels": [{}]}'),
     )
 
     def policy(run):
@@ -251,9 +254,11 @@ def test_alone_the_policy_config_map_follows_the_policy_and_the_pod_restarts_exa
             INPUTS_ANNOTATION
         ]
 
-    assert policy(first) == {"tpm_policy.json": '{"8": "aa"}'} and policy(changed) == {"tpm_policy.json": '{"8": "bb"}'}
+    assert policy(first) == {"tpm_policy.json": '{"8": "aa"}', "mb_policy.json": '{"kernels": []}'}
+    assert policy(changed)["tpm_policy.json"] == '{"8": "bb"}'
+    assert policy(boot_changed) == {"tpm_policy.json": '{"8": "aa"}', "mb_policy.json": '{"kernels": [{}]}'}
     assert checksum(first) == checksum(same)
-    assert checksum(first) != checksum(changed)
+    assert checksum(first) != checksum(changed) and checksum(first) != checksum(boot_changed)
     assert checksum(first) != checksum(declare_alone(clusters=("east",)))
 
 
@@ -280,9 +285,10 @@ def test_alone_prometheus_objects_exist_only_when_the_cluster_has_the_operator(a
 
 def test_the_stack_deploys_one_controller_in_keylime_infra_with_its_policy_and_taint_effect(run):
     program = run("swtpm", tpmPolicy={"8": "ab" * 32}, taintEffect="NoExecute")
-    policy = named(program, "ConfigMap", f"{CONTROLLER}-policy", "infra").plain["data"]["tpm_policy.json"]
-    assert json.loads(policy) == {"8": "ab" * 32}
-    assert policy == program.named("enrollment-enroll").plain["environment"]["TPM_POLICY"]
+    policies = named(program, "ConfigMap", f"{CONTROLLER}-policy", "infra").plain["data"]
+    assert json.loads(policies["tpm_policy.json"]) == {"8": "ab" * 32}
+    enrollment = program.named("enrollment-enroll").plain["environment"]
+    assert policies == {"tpm_policy.json": enrollment["TPM_POLICY"], "mb_policy.json": enrollment["MB_POLICY"]}
     (container,) = pod_spec(named(program, "Deployment", CONTROLLER, "infra"))["containers"]
     assert container["image"] == program.named("images-controller").plain["imageName"]
     env = env_of(container)
@@ -354,7 +360,7 @@ def test_the_controller_acts_only_after_the_deploy_time_enrollment_and_does_not_
 
 
 def test_swtpm_eks_are_signed_by_the_program_s_manufacturer_ca_which_the_controller_trusts_when_required(run):
-    program = run("swtpm", requireEkCert=True, agentClusters=2)
+    program = run("swtpm", agentClusters=2)  # the stack file requires EK certificates
     ca = program.named("pki-tpm-manufacturer-ca")
     assert ca.plain["isCaCertificate"] is True and ca.plain["setSubjectKeyId"] is True
     assert ca.plain["privateKeyPem"] == fake_pem("PRIVATE KEY", "pki-tpm-manufacturer-key")
@@ -390,3 +396,18 @@ def test_alone_rbac_goes_with_a_cluster_the_program_made_and_is_deleted_one_by_o
         granted = [r for r in run.resources if r.name.startswith(f"alone-{cluster}-")]
         assert len(granted) == 8
         assert {r.deleted_with for r in granted} == {deleted_with}, cluster
+
+
+def test_hwtpm_eks_are_checked_against_the_local_ca_read_from_the_libvirt_host_after_the_vm(run):
+    program = run("hwtpm", command_stdout=lambda name, inputs: "LOCALCA PEM\n" if name == "vm-ek-issuer" else "")
+    reader = program.named("vm-ek-issuer")
+    assert program.named("vm-domain").urn in reader.dependencies
+    assert reader.plain["triggers"] == ["vm-domain-id"]  # read again for a new VM, and only then
+    trust = named(program, "Secret", f"{CONTROLLER}-ek-trust", "infra")
+    assert trust.plain["stringData"] == {"tpm-manufacturer.pem": "LOCALCA PEM\n"}
+    (container,) = pod_spec(named(program, "Deployment", CONTROLLER, "infra"))["containers"]
+    assert "EK_TRUST_DIR" in env_of(container)
+    not_required = run("hwtpm", requireEkCert=False)
+    assert not [r for r in not_required.resources if r.name == "vm-ek-issuer"]
+    (container,) = pod_spec(named(not_required, "Deployment", CONTROLLER, "infra"))["containers"]
+    assert "EK_TRUST_DIR" not in env_of(container)

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 from kubernetes import client as kube_client  # type: ignore[import-untyped]  # the kubernetes client ships no types
 
-from controller.enrollment import stored_form
+from controller.enrollment import Policies
 from controller.kube import STATUS_LABEL, Cluster
 from controller.reconcile import Controller
 from tools.lab.kube_api import FakeKubernetes
@@ -45,10 +45,10 @@ class FakeKeylime:
         self.calls["verifier bulk"] += 1
         return {uuid: dict(record) for uuid, record in self.enrolled.items()}
 
-    def enroll(self, uuid, aik_tpm, policy, metadata):
+    def enroll(self, uuid, aik_tpm, policies, metadata):
         self.calls["verifier enroll"] += 1
         self.enrolled[uuid] = {"attestation_status": "PENDING", "attestation_count": 0, "last_successful_attestation": 0,
-                               "tpm_policy": stored_form(policy), "meta_data": json.dumps(dict(metadata))}
+                               "tpm_policy": policies.stored_tpm_policy(), "meta_data": json.dumps(dict(metadata))}
 
     def delete(self, uuid):
         self.calls["delete"] += 1
@@ -73,14 +73,14 @@ def fleet(agents: int, clusters: int, steady: bool = True):
             uuid = f"{c:02d}{n:062x}"
             keylime.registered[uuid] = {"ip": address, "ekcert": None, "aik_tpm": "AIK"}
             if steady:  # enrolled and attesting, its node labelled so: what a pass finds once the fleet has settled
-                keylime.enroll(uuid, "AIK", {"8": [ZEROS]}, {"cluster": name, "node": node, "address": address})
+                keylime.enroll(uuid, "AIK", Policies.parse(POLICY), {"cluster": name, "node": node, "address": address})
                 fake.nodes[node]["metadata"]["labels"][STATUS_LABEL] = "PASS"
         api = kube_client.ApiClient(kube_client.Configuration(host=fake.url))
         kube[name] = Cluster(name, api, "keylime", "app.kubernetes.io/name=keylime-agent")
     keylime.attest_all()
     keylime.calls.clear()
     # FakeKeylime duck-types both the registrar and the verifier
-    controller = Controller(keylime, keylime, kube, lambda: POLICY, None)  # type: ignore[arg-type]
+    controller = Controller(keylime, keylime, kube, lambda: Policies.parse(POLICY), None)  # type: ignore[arg-type]
     return keylime, fakes, controller
 
 

@@ -63,6 +63,9 @@ def test_private_keys_live_only_in_secrets_as_pulumi_secrets(swtpm):
     for config_map in kube_objects(swtpm, "ConfigMap"):
         assert "PRIVATE KEY" not in str(config_map.plain)
     secrets = {s.plain["metadata"]["name"]: s for s in kube_objects(swtpm, "Secret", "infra")}
+    # The EK trust store holds only the TPM manufacturer CA's certificate (requireEkCert): nothing to hide.
+    ek_trust = secrets.pop("keylime-attestation-controller-ek-trust")
+    assert "PRIVATE KEY" not in str(ek_trust.plain["stringData"])
     assert set(secrets) == {
         "keylime-registrar-tls", "keylime-verifier-tls", "keylime-tenant-tls",
         "keylime-attestation-controller-tls", "keylime-attestation-controller-clusters",

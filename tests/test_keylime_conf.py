@@ -37,9 +37,10 @@ def test_registrar_serves_http_for_agents_and_tls_for_admins():
     assert (registrar["server_cert"], registrar["server_key"]) == (keylime_conf.SERVER_CERT, keylime_conf.SERVER_KEY)
 
 
-@pytest.mark.parametrize(("stack", "expected"), [("swtpm", "False"), ("hwtpm", "True")])
-def test_tenant_require_ek_cert_follows_the_stack(stack, expected):
-    tenant = ini(keylime_conf.tenant_conf(settings_for(stack)))["tenant"]
+@pytest.mark.parametrize(("stack", "overrides", "expected"),
+                         [("swtpm", {}, "True"), ("hwtpm", {}, "True"), ("swtpm", {"requireEkCert": "false"}, "False")])
+def test_tenant_require_ek_cert_follows_the_stack(stack, overrides, expected):
+    tenant = ini(keylime_conf.tenant_conf(settings_for(stack, **overrides)))["tenant"]
     assert tenant["require_ek_cert"] == expected
     assert tenant["verifier_ip"] == service_fqdn("verifier")
     assert json.loads(tenant["accept_tpm_hash_algs"]) == ["sha256"]

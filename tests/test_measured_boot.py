@@ -110,6 +110,21 @@ def test_a_new_reference_state_changes_what_the_enrollment_command_runs_with(run
     assert after["update"].endswith("enroll.py update")
 
 
+
+def test_the_attestation_controller_enrolls_with_the_reference_state_the_deploy_time_enrollment_uses(run):
+    def controller_policies(program) -> dict:
+        (config_map,) = [r for r in kube_objects(program, "ConfigMap", "infra")
+                         if r.plain["metadata"]["name"] == "keylime-attestation-controller-policy"]
+        return config_map.plain["data"]
+
+    measured, plain = run("swtpm", **MEASURED), run("swtpm")
+    for program in (measured, plain):
+        environment = program.named("enrollment-enroll").plain["environment"]
+        assert controller_policies(program) == {"tpm_policy.json": environment["TPM_POLICY"],
+                                                "mb_policy.json": environment["MB_POLICY"]}
+    assert json.loads(controller_policies(measured)["mb_policy.json"]) == json.loads(settings_for(**MEASURED).mb_policy)
+    assert controller_policies(plain)["mb_policy.json"] == ""
+
 def test_the_verifier_judges_reference_states_with_keylimes_example_policy_at_every_attestation():
     verifier = keylime_conf.verifier_conf(settings_for())
     assert "measured_boot_policy_name = example\n" in verifier

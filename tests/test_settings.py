@@ -22,7 +22,7 @@ def test_swtpm_stack_defaults_match_the_original_poc():
     assert settings.tpm_policy == ((8, (ZERO_DIGEST,)),)
     assert (settings.agent_uid, settings.agent_gid) == (490, 490)
     assert settings.uuid == "hash_ek"
-    assert settings.require_ek_cert is False
+    assert settings.require_ek_cert is True  # every software TPM's EK is signed by the program's manufacturer CA
     assert (settings.registrar_node_port, settings.registrar_tls_node_port, settings.verifier_node_port) == (
         30890,
         30891,
@@ -38,9 +38,10 @@ def test_hwtpm_stack_requires_ek_certificates_and_runs_one_vm():
     assert settings.agent_clusters == 1
 
 
-def test_require_ek_cert_defaults_follow_the_tpm_mode_when_a_stack_file_omits_it():
-    assert parse_settings({"tpmMode": "swtpm"}).require_ek_cert is False
+def test_require_ek_cert_is_on_in_both_modes_when_a_stack_file_omits_it():
+    assert parse_settings({"tpmMode": "swtpm"}).require_ek_cert is True
     assert parse_settings({"tpmMode": "hwtpm", "agentClusters": "1"}).require_ek_cert is True
+    assert parse_settings({"tpmMode": "swtpm", "requireEkCert": "false"}).require_ek_cert is False
 
 
 def test_policy_digests_are_lower_cased_and_lists_kept_in_order():
@@ -160,7 +161,7 @@ def test_pulumi_yaml_declares_every_key_with_the_same_defaults():
     for key, default in DEFAULTS.items():
         assert declared[key]["default"] == default, key
     # The stack files choose the mode; nothing else may be left without a default.
-    assert {key for key in project_keys if "default" not in declared[key]} == {"tpmMode", "requireEkCert"}
+    assert {key for key in project_keys if "default" not in declared[key]} == {"tpmMode"}
 
 
 @pytest.mark.parametrize(("path", "generate"), [("Pulumi.yaml", config_docs.project_file), ("README.md", config_docs.readme)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -15,6 +16,7 @@ from helpers import ROOT, all_containers, env_of, kube_objects, pod_spec, settin
 
 from components import cloud_init
 from components.endpoints import vm_host_address
+from components.settings import parse_settings
 from tools.offline import is_secret
 
 VM_FAKES = ROOT / "tests" / "fakes" / "vm"
@@ -164,6 +166,26 @@ def test_images_reach_the_vm_again_only_for_a_new_image_or_a_new_vm(hwtpm):
     assert load["create"] == "components/scripts/vm-load-images.sh"
     assert load["triggers"] == [load["environment"]["IMAGES"], "vm-domain-id"]
 
+
+
+@pytest.mark.parametrize("uri,reader", [
+    ("qemu:///system", "bash -s -- system"),
+    ("qemu:///session", "bash -s -- session"),
+    ("qemu+ssh://ops@hv.example:2222/system", "ssh -o BatchMode=yes -p 2222 ops@hv.example bash -s -- system"),
+    ("qemu+ssh://hv.example/system", "ssh -o BatchMode=yes hv.example bash -s -- system"),
+])
+def test_the_vtpm_s_ek_ca_is_read_on_the_libvirt_host_where_swtpm_setup_made_it(run, uri, reader):
+    command = run("hwtpm", libvirtUri=uri).named("vm-ek-issuer").plain
+    assert command["create"] == reader
+    assert command["stdin"] == (ROOT / "components" / "scripts" / "swtpm-localca-issuer.sh").read_text()
+
+
+def test_a_libvirt_transport_that_gives_no_shell_on_the_host_is_refused_when_eks_are_checked():
+    with pytest.raises(ValueError, match=re.escape(
+            "keylime-push:libvirtUri: got 'qemu+tls://hv.example/system'; allowed: with requireEkCert, a local")):
+        parse_settings({"tpmMode": "hwtpm", "agentClusters": "1", "libvirtUri": "qemu+tls://hv.example/system"})
+    assert parse_settings({"tpmMode": "hwtpm", "agentClusters": "1", "requireEkCert": "false",
+                           "libvirtUri": "qemu+tls://hv.example/system"}).require_ek_cert is False
 
 # --- the scripts, with the VM's commands stood in for ---------------------------------------
 

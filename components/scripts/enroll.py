@@ -2,12 +2,12 @@
 """Enroll, re-enroll, remove and verify push-model agents through the keylime tenant.
 
     enroll.py add      wait (bounded) for EXPECTED_AGENTS registrations, enroll each one not yet enrolled,
-                       and re-enroll each one enrolled with another TPM policy than TPM_POLICY
+                       and re-enroll each one enrolled with other policies than TPM_POLICY and MB_POLICY
     enroll.py update   the same (what a changed TPM_POLICY or MB_POLICY runs); with an MB_POLICY it re-enrolls
-                       every enrolled agent, since the verifier shows only whether an agent has one
+                       every enrolled agent, since the tenant cannot record which one it enrolled an agent with
     enroll.py delete   remove every agent from the verifier, best effort: succeeds when the infra cluster
                        is gone or its tenant cannot be reached (the enrollments go with the cluster)
-    enroll.py verify   wait (bounded) until every registered agent is enrolled with TPM_POLICY and PASS
+    enroll.py verify   wait (bounded) until every registered agent is enrolled with TPM_POLICY (and MB_POLICY) and PASS
 
 Which agents need (re-)enrolling and what counts as attested are decided by controller/enrollment.py, the
 module the attestation controller decides with, so the two never disagree. The controller also removes
@@ -34,7 +34,7 @@ from pathlib import Path
 
 # controller/ sits at the project's root, two levels up; the Command runs this file by path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from controller.enrollment import FAIL, PolicyError, changes, enrollable_policy, verdict  # noqa: E402
+from controller.enrollment import FAIL, Policies, PolicyError, changes, verdict  # noqa: E402
 
 # Registrar and verifier IDs: standard UUIDs, or 64-hex SHA-256 digests of the EK (uuid = "hash_ek").
 AGENT_ID = re.compile(r"\b(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{64})\b")
@@ -152,24 +152,19 @@ def wait_for_registrations(expected: int, wait: float, poll: float) -> list[str]
         time.sleep(poll)
 
 
-def policies() -> tuple[str, str]:
-    """TPM_POLICY and MB_POLICY. A measured-boot policy selects PCRs by itself; without one, an empty TPM
-    policy would select none, and such an agent never attests."""
-    tpm_policy, mb_policy = os.environ.get("TPM_POLICY", ""), os.environ.get("MB_POLICY", "")
+def policies() -> tuple[str, Policies]:
+    """TPM_POLICY as the tenant takes it, and both policies as enrolled. A measured-boot policy selects PCRs by
+    itself; without one, an empty TPM policy would select none, and such an agent never attests."""
+    tpm_policy = os.environ.get("TPM_POLICY", "")
     try:
-        if mb_policy and not isinstance(json.loads(mb_policy), dict):
-            raise ValueError
-    except ValueError:
-        raise SystemExit("enroll.py: MB_POLICY must be a JSON object (a measured-boot reference state)") from None
-    try:
-        enrollable_policy(tpm_policy, measured_boot=bool(mb_policy))
+        return tpm_policy, Policies.parse(tpm_policy, os.environ.get("MB_POLICY", ""))
     except (ValueError, PolicyError):
         raise SystemExit("enroll.py: TPM_POLICY must be a JSON object naming a PCR when there is no MB_POLICY "
-                         "(an empty policy never attests)") from None
-    return tpm_policy, mb_policy
+                         "(an empty policy never attests), and MB_POLICY a JSON object (a measured-boot reference "
+                         "state) or empty") from None
 
 
-def enroll(agent: str, tpm_policy: str, mb_policy: str, replace: bool = False) -> None:
+def enroll(agent: str, tpm_policy: str, mb_policy: str | None, replace: bool = False) -> None:
     """`-c add` refuses an enrolled agent (409); `-c update` deletes and adds it again."""
     boot = " and a measured-boot policy" if mb_policy else ""
     log(f"{'re-enrolling' if replace else 'enrolling'} {agent} with TPM policy {tpm_policy}{boot}")
@@ -181,22 +176,19 @@ def enroll(agent: str, tpm_policy: str, mb_policy: str, replace: bool = False) -
 
 
 def add(renew_boot_policy: bool = False) -> dict[str, object]:
-    """Enroll the registered agents not enrolled, re-enroll those on another policy (create and update alike).
-    The verifier shows only whether an agent has a measured-boot policy, not which: `renew_boot_policy`
-    re-enrolls every enrolled agent when there is one (what a changed MB_POLICY needs)."""
-    tpm_policy, mb_policy = policies()
+    """Enroll the registered agents not enrolled, re-enroll those on other policies (create and update alike).
+    The tenant cannot record which measured-boot policy it enrolled an agent with (controller/enrollment.py):
+    `renew_boot_policy` re-enrolls every enrolled agent when there is one (what a changed MB_POLICY needs)."""
+    tpm_policy, wanted = policies()
     agents = wait_for_registrations(*settings())
     records = {agent: status(agent) for agent in enrolled()}
-    # verifier JSON record: tpm_policy is a JSON string or object
-    todo = changes(agents, {agent: record.get("tpm_policy") for agent, record in records.items()}, tpm_policy,  # type: ignore[misc]
-                   measured_boot=bool(mb_policy))
+    todo = changes(agents, records, wanted)
     for agent in agents:
-        boot_differs = agent in records and (renew_boot_policy and bool(mb_policy)
-                                             or bool(records[agent].get("has_mb_refstate")) != bool(mb_policy))
-        if agent in todo.enroll or agent in todo.re_enroll or boot_differs:
-            enroll(agent, tpm_policy, mb_policy, replace=agent in records)
+        renew = agent in records and renew_boot_policy and wanted.boot is not None
+        if agent in todo.enroll or agent in todo.re_enroll or renew:
+            enroll(agent, tpm_policy, wanted.boot, replace=agent in records)
         else:
-            log(f"{agent} is already enrolled with this TPM policy{' and a measured-boot policy' if mb_policy else ''}")
+            log(f"{agent} is already enrolled with this TPM policy{' and a measured-boot policy' if wanted.boot else ''}")
     return {"enrolled": agents}
 
 
@@ -249,7 +241,7 @@ def verify() -> dict[str, object]:
     """Only PASS is accepted: FAIL at once, and TIMEOUT, PENDING, an old policy or a registered agent that is not
     enrolled once the wait is over, each named with its reason."""
     expected, wait, poll = settings()
-    tpm_policy, mb_policy = policies()
+    _, wanted = policies()
     deadline = time.monotonic() + wait
     while True:
         agents = enrolled()
@@ -257,9 +249,7 @@ def verify() -> dict[str, object]:
         failed = [agent for agent, state in states.items() if state.get("attestation_status") == FAIL]
         if failed:
             raise Failure("\n".join(f"agent {agent}: attestation FAIL, {failure_reason(agent)}" for agent in failed))
-        problems = {agent: reason for agent in agents if (reason := verdict(states[agent], tpm_policy)) is not None}
-        problems.update({agent: "enrolled without the measured-boot policy, not re-enrolled yet" for agent in agents
-                         if mb_policy and agent not in problems and not states[agent].get("has_mb_refstate")})
+        problems = {agent: reason for agent in agents if (reason := verdict(states[agent], wanted)) is not None}
         problems.update({agent: "registered, not enrolled" for agent in registered() if agent not in states})
         if len(agents) >= expected and not problems:
             return {

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.__main__ import check
 from controller.backoff import Backoff
 from controller.ek import TrustStore
+from controller.enrollment import BOOT_POLICY_METADATA, MEASURED_BOOT_PCRS, Policies
 from controller.keylime import Registrar, Tls, Verifier
 from controller.kube import CONDITION_TYPE, STATUS_LABEL, TAINT_KEY, Cluster
 from controller.metrics import ControllerCollector
@@ -89,7 +90,8 @@ def world(lab, infra, tmp_path):
     store.mkdir()
     # The program's TPM manufacturer CA, which signed a's, c's and d's EKs in swtpm-init.sh; b's TPM signed its own.
     (store / "tpm-manufacturer.pem").write_text(lab.pki.output("pki-tpm-manufacturer-ca"))
-    controller = Controller(registrar, verifier, {CLUSTER: cluster}, lambda: policy["value"], TrustStore.load(store))
+    controller = Controller(registrar, verifier, {CLUSTER: cluster}, lambda: Policies.parse(policy["value"]),
+                            TrustStore.load(store))
     registry = CollectorRegistry()
     collector = ControllerCollector(lambda: controller.last)
     registry.register(collector)
@@ -249,6 +251,68 @@ def test_the_controller_follows_the_fleet_and_gates_nodes(lab, world, capsys):
     # Every object the controller wrote, as the API server stored it, is valid Kubernetes 1.32.
     validate(fake.written)
 
+
+
+def test_the_controller_enrolls_with_the_measured_boot_policy_and_a_new_one_re_enrolls_every_agent(
+        lab, infra, synthetic_refstate, tmp_path):
+    """The controller's policy ConfigMap carries mbPolicy: an agent the controller enrolls (none of the deploy-time
+    Commands) attests its boot with the UEFI event log and PASSes; a reference state the boot does not meet,
+    put in its place, re-enrolls it and it FAILs with the policy's reason."""
+    from components import boot_log
+
+    fake = FakeKubernetes()
+    fake.add_node("node-m", "172.18.0.31")
+    fake.add_pod("agent-m", NAMESPACE, "node-m", SELECTOR)
+    tls = tls_files(infra)
+    backoff = Backoff(attempts=3, first=0.2)
+    registrar = Registrar(f"https://localhost:{infra.port('registrar', 'https')}", tls, backoff)
+    verifier = Verifier(f"https://localhost:{infra.port('verifier', 'https')}", tls, backoff)
+    cluster = Cluster(CLUSTER, kube_client.ApiClient(kube_client.Configuration(host=fake.url)), NAMESPACE,
+                      ",".join(f"{k}={v}" for k, v in SELECTOR.items()), Backoff(attempts=2, first=0.05))
+    # What the ConfigMap mounts: tpm_policy.json and mb_policy.json, re-read every pass (controller/__main__.py).
+    mb_policy = {"value": synthetic_refstate}
+    controller = Controller(registrar, verifier, {CLUSTER: cluster}, lambda: Policies.parse("{}", mb_policy["value"]),
+                            None)
+    log = tmp_path / "boot.bin"
+    log.write_bytes(boot_log.encode(boot_log.synthetic_boot()))
+    agent = lab.new_agent("controller-m")
+    try:
+        agent.measure_boot(log.read_bytes())
+        agent.register(lab.registrar_url, contact_ip="172.18.0.31")
+        outcome = controller.reconcile()
+        assert [(e.uuid, e.replace) for e in outcome.plan.enroll] == [(agent.uuid, False)]
+        record = verifier.agents()[agent.uuid]
+        assert record["has_mb_refstate"] == 1
+        enrolled_with = Policies.parse("{}", synthetic_refstate)
+        assert json.loads(record["meta_data"])[BOOT_POLICY_METADATA] == enrolled_with.boot_digest
+        outcomes = lab.push_client(agent, uefi_log=log).attest_times(2)
+        # The verifier asked for the boot PCRs and the event log: it judges the boot, not a PCR list of ours.
+        assert [o.selected_pcrs for o in outcomes] == [list(MEASURED_BOOT_PCRS)] * 2
+        settled(verifier, agent.uuid, lambda r: r["attestation_status"] == "PASS")
+        assert controller.reconcile().plan.enroll == []
+        assert fake.label("node-m", STATUS_LABEL) == "PASS" and fake.taints("node-m") == []
+
+        # A reference state whose kernel is not the one this boot loaded: the agent is re-enrolled with it.
+        refused = json.loads(synthetic_refstate)
+        refused["kernels"][0]["kernel_cmdline"] = r"/vmlinuz\-6\.9\.0\-unreviewed .*"
+        mb_policy["value"] = json.dumps(refused)
+        outcome = controller.reconcile()
+        assert [(e.uuid, e.replace) for e in outcome.plan.enroll] == [(agent.uuid, True)]
+        (verdict,) = outcome.plan.nodes
+        assert verdict.reason.startswith("re-enrolling: enrolled with another measured-boot policy"), verdict
+        record = verifier.agents()[agent.uuid]
+        assert json.loads(record["meta_data"])[BOOT_POLICY_METADATA] == Policies.parse("{}", mb_policy["value"]).boot_digest
+        lab.push_client(agent, uefi_log=log).attest()
+        settled(verifier, agent.uuid, lambda r: r["attestation_status"] == "FAIL")
+        assert controller.reconcile().plan.enroll == []  # FAIL is sticky: no re-enrollment on the same policy
+        assert fake.label("node-m", STATUS_LABEL) == "FAIL"
+        assert fake.taints("node-m") == [{"key": TAINT_KEY, "value": "FAIL", "effect": "NoSchedule"}]
+        assert f"Boot attestation failed for agent {agent.uuid}, policy example" in infra.tail("verifier", 400)
+    finally:
+        fake.close()
+        if agent.uuid in verifier.agents():
+            verifier.delete(agent.uuid)
+        registrar.delete(agent.uuid)
 
 def settled(verifier, uuid: str, condition, seconds: float = 15) -> dict:
     """The verifier's record once `condition` holds: it verifies evidence after answering 202."""
