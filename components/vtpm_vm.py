@@ -16,15 +16,8 @@ import pulumi_libvirt as libvirt
 import pulumi_tls as tls
 
 from components import cloud_init
-from components.agent_workload import (
-    SECURITYFS_BOOT_LOG,
-    TOLERATE_UNTRUSTED,
-    TPM_DEVICE,
-    AgentPodArgs,
-    declare_agent_workload,
-    node_state_dirs,
-)
-from components.pod_security import checkov_waivers, resources
+from components.agent_workload import SECURITYFS_BOOT_LOG, AgentPodArgs, declare_agent_workload, node_state_dirs
+from components.device_plugin import declare_device_plugin
 from components.providers import cluster_provider
 
 VM_NAME = "keylime-vtpm"
@@ -34,18 +27,12 @@ SCRIPTS = Path(__file__).with_name("scripts")
 LOAD_SCRIPT = "components/scripts/vm-load-images.sh"
 # kubeadm's API server port on the VM's own address (which its certificate carries).
 KUBEADM_API_SERVER_PORT = 6443
-DEVICE_PLUGIN_IMAGE = "ghcr.io/squat/generic-device-plugin:0.1.0"
-DEVICE_PLUGIN_LABELS = {"app.kubernetes.io/name": "generic-device-plugin"}
 # UEFI firmware with Secure Boot and Microsoft's keys enrolled (Debian/Ubuntu's ovmf package), so the VM's
 # firmware, shim, grub and kernel measure a real boot into the vTPM and the kernel has its event log.
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
 OVMF_VARS_TEMPLATE = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
 NVRAM = f"/var/lib/libvirt/qemu/nvram/{VM_NAME}_VARS.fd"
 SECURE_BOOT_XSLT = SCRIPTS / "secure-boot.xsl"
-PRIVILEGED = (
-    "the device plugin registers with the kubelet and hands /dev/tpmrm0 to pods; it is the only privileged "
-    "pod, so that the agent needs no privilege, capability or tss group"
-)
 
 
 @dataclasses.dataclass
@@ -73,7 +60,7 @@ class VtpmVm(pulumi.ComponentResource):
     boot_log: pulumi.Output[str]
     """The VM's UEFI event log (base64) as it booted: what a measured-boot reference state is made from."""
     api_server: str
-    machine: pulumi.Resource
+    machine: pulumi.Resource | None
 
     def __init__(self, name: str, args: VtpmVmArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:vm:VtpmVm", name, None, opts)
@@ -224,7 +211,7 @@ class VtpmVm(pulumi.ComponentResource):
         objects = pulumi.ResourceOptions(
             parent=self, provider=self.provider, deleted_with=self.domain, depends_on=[images_loaded, node_state]
         )
-        device_plugin = self._device_plugin(name, objects)
+        device_plugin = declare_device_plugin(name, objects)
         self.daemon_set = declare_agent_workload(
             name,
             args.agent,
@@ -232,62 +219,3 @@ class VtpmVm(pulumi.ComponentResource):
             pulumi.ResourceOptions.merge(objects, pulumi.ResourceOptions(depends_on=[device_plugin])),
         )
         self.register_outputs({"address": address})
-
-    @staticmethod
-    def _device_plugin(name: str, opts: pulumi.ResourceOptions) -> k8s.apps.v1.DaemonSet:
-        device = f"name: tpm\ngroups:\n  - paths:\n      - path: {TPM_DEVICE}\n"
-        return k8s.apps.v1.DaemonSet(
-            f"{name}-device-plugin",
-            metadata={
-                "name": "generic-device-plugin",
-                "namespace": "kube-system",
-                "labels": DEVICE_PLUGIN_LABELS,
-                "annotations": checkov_waivers(
-                    CKV_K8S_43="pinned to the upstream release tag 0.1.0; its digest cannot be checked offline here",
-                    CKV_K8S_16=PRIVILEGED,
-                    CKV_K8S_28=PRIVILEGED,
-                    CKV_K8S_20=PRIVILEGED,
-                    CKV_K8S_23=PRIVILEGED,
-                    CKV_K8S_37=PRIVILEGED,
-                    CKV_K8S_40=PRIVILEGED,
-                    CKV_K8S_22="it writes its socket into the kubelet's device-plugins directory",
-                    CKV_K8S_21="node infrastructure lives in kube-system, beside the kubelet's other plugins",
-                ),
-            },
-            spec={
-                "selector": {"matchLabels": DEVICE_PLUGIN_LABELS},
-                "template": {
-                    "metadata": {"labels": DEVICE_PLUGIN_LABELS},
-                    "spec": {
-                        "priorityClassName": "system-node-critical",
-                        "automountServiceAccountToken": False,
-                        "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}, TOLERATE_UNTRUSTED],
-                        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-                        "containers": [
-                            {
-                                "name": "generic-device-plugin",
-                                "image": DEVICE_PLUGIN_IMAGE,
-                                # Pulled by the VM from the registry, unlike the images built here.
-                                "imagePullPolicy": "Always",
-                                # Advertised as squat.ai/tpm, one per node: the resource-managed TPM device.
-                                "args": ["--device", device],
-                                "ports": [{"name": "http", "containerPort": 8080}],
-                                "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 20},
-                                "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10},
-                                "securityContext": {"privileged": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                                "resources": resources("50m", "16Mi", "100m", "64Mi"),
-                                "volumeMounts": [
-                                    {"name": "device-plugins", "mountPath": "/var/lib/kubelet/device-plugins"},
-                                    {"name": "dev", "mountPath": "/dev"},
-                                ],
-                            }
-                        ],
-                        "volumes": [
-                            {"name": "device-plugins", "hostPath": {"path": "/var/lib/kubelet/device-plugins"}},
-                            {"name": "dev", "hostPath": {"path": "/dev"}},
-                        ],
-                    },
-                },
-            },
-            opts=opts,
-        )
