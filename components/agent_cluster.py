@@ -34,7 +34,7 @@ class AgentCluster(pulumi.ComponentResource):
     daemon_set: k8s.apps.v1.DaemonSet
     provider: k8s.Provider
     api_server: str
-    machine: pulumi.Resource
+    machine: pulumi.Resource | None
 
     def __init__(self, name: str, args: AgentClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("keylime:agents:AgentCluster", name, None, opts)

@@ -40,10 +40,12 @@ AGENT_STATE_ON_NODE = f"{NODE_STATE_ROOT}/agent"
 SWTPM_STATE_ON_NODE = f"{NODE_STATE_ROOT}/swtpm"
 NODE_STATE_WHY = (
     f"{AGENT_STATE_ON_NODE} (and {SWTPM_STATE_ON_NODE} with swtpm) are hostPaths of type Directory, created and "
-    "given to the agent's UID/GID by whoever made the node, as root on the node itself (kind-cluster.sh "
-    "node-state through docker exec; the VM's vm-node-state over SSH with sudo). A DirectoryOrCreate path "
-    "would be root-owned, and making it the agent's from here would take a root init container with "
-    "CAP_CHOWN: so no container of this pod runs as root or holds any capability."
+    "given to the agent's UID/GID before this pod starts, as root: on the node itself by whoever made it "
+    "(kind-cluster.sh node-state through docker exec; the VM's vm-node-state over SSH with sudo), and on a "
+    "cluster the program did not make by the node-state init container of the device plugin's pod, the one "
+    "exception to non-root. A DirectoryOrCreate path would be root-owned, and making it the agent's from here "
+    "would take a root init container with CAP_CHOWN: so no container of this pod runs as root or holds any "
+    "capability."
 )
 TPM_MANUFACTURER_CA_SECRET = "keylime-tpm-manufacturer-ca"
 TPM_MANUFACTURER_CA_DIR = "/etc/keylime/tpm-manufacturer-ca"
@@ -87,8 +89,9 @@ class AgentHost(Protocol):
     """The host's own Kubernetes provider (admin credentials, used by the program only)."""
     api_server: str
     """Its API server's URL as a pod of the infra cluster dials it (the attestation controller)."""
-    machine: pulumi.Resource
-    """What the host's Kubernetes lives on: objects declared there go when it goes."""
+    machine: pulumi.Resource | None
+    """What the host's Kubernetes lives on: objects declared there go when it goes. None: a cluster the program
+    does not own, whose objects must each be deleted."""
 
 
 @dataclasses.dataclass
@@ -227,10 +230,12 @@ def declare_agent_workload(
     tpm: TpmAccess,
     opts: pulumi.ResourceOptions,
     tpm_manufacturer_ca: IssuedCertificate | None = None,
+    node_selector: dict[str, str] | None = None,
 ) -> k8s.apps.v1.DaemonSet:
     """Namespace, CA Secret, agent ConfigMap, deny-ingress policy and the agent DaemonSet.
 
     `tpm_manufacturer_ca` (swtpm): the CA each software TPM's EK certificate is signed with.
+    `node_selector`: the labels of the nodes with a TPM, on a cluster whose nodes do not all have one.
     """
     namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=opts)
     opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[namespace]))
@@ -291,6 +296,8 @@ def declare_agent_workload(
         "tolerations": [TOLERATE_UNTRUSTED],
         "volumes": volumes,
     }
+    if node_selector:
+        pod["nodeSelector"] = node_selector
     agent_mounts = [
         {"name": "config", "mountPath": keylime_conf.CONF_DIR, "readOnly": True},
         {"name": "ca", "mountPath": keylime_conf.TLS_DIR, "readOnly": True},

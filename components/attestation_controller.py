@@ -71,8 +71,8 @@ class WatchedCluster:
     provider: k8s.Provider
     agent_namespace_ready: pulumi.Resource
     """Exists only once the agent namespace does."""
-    deleted_with: pulumi.Resource
-    """The cluster itself: its objects go with it."""
+    deleted_with: pulumi.Resource | None
+    """The cluster itself, when the program owns it: its objects go with it. None: each object is deleted."""
 
 
 @dataclasses.dataclass
