@@ -88,6 +88,11 @@ def declare_device_plugin(
     """The device plugin DaemonSet in kube-system, on the nodes `node_selector` picks (every node without one)."""
     root_why = f"{PRIVILEGED}; {NODE_STATE_ROOT_WHY}" if node_state else PRIVILEGED
     device = f"name: tpm\ngroups:\n  - paths:\n      - path: {TPM_DEVICE}\n"
+    node_state_waivers = {
+        "CKV_K8S_25": NODE_STATE_ROOT_WHY,
+        "CKV_K8S_15": "the node-state init container runs the agent's image, whose tag carries its build's content "
+                      "hash, pulled as the agent pulls it",
+    } if node_state else {}
     annotations = checkov_waivers(
         CKV_K8S_43="pinned to the upstream release tag 0.1.0; its digest cannot be checked offline here",
         CKV_K8S_16=PRIVILEGED,
@@ -98,6 +103,7 @@ def declare_device_plugin(
         CKV_K8S_40=root_why,
         CKV_K8S_22="it writes its socket into the kubelet's device-plugins directory",
         CKV_K8S_21="node infrastructure lives in kube-system, beside the kubelet's other plugins",
+        **node_state_waivers,
     )
     volumes: list[dict[str, Any]] = [
         {"name": "device-plugins", "hostPath": {"path": "/var/lib/kubelet/device-plugins"}},
