@@ -42,7 +42,9 @@ IMAGE = "registry.example.org/keylime-agent:1"
 
 @pytest.fixture(scope="module")
 def existing() -> tuple[ProgramRun, dict[str, object]]:
-    """Only an ExistingAgentCluster, its image build a stand-in; also what it shows as an AgentHost."""
+    """Only an ExistingAgentCluster, its image build a stand-in; also what it shows as an AgentHost.
+
+    The kubeconfig is handed over as a plain string: the component makes it a secret whatever it is given."""
     shown: dict[str, object] = {}
 
     def declare() -> None:
@@ -53,7 +55,7 @@ def existing() -> tuple[ProgramRun, dict[str, object]]:
                            ca_cert_pem="CA")
         host: AgentHost = ExistingAgentCluster(
             "edge",
-            ExistingAgentClusterArgs(kubeconfig=pulumi.Output.secret(KUBECONFIG), context=CONTEXT, api_server=API_SERVER,
+            ExistingAgentClusterArgs(kubeconfig=KUBECONFIG, context=CONTEXT, api_server=API_SERVER,
                                      agent=pod, node_selector=TPM_NODES),
         )
         shown.update(host_name=host.host_name, api_server=host.api_server, machine=host.machine)
