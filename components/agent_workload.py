@@ -231,13 +231,18 @@ def declare_agent_workload(
     opts: pulumi.ResourceOptions,
     tpm_manufacturer_ca: IssuedCertificate | None = None,
     node_selector: dict[str, str] | None = None,
+    shared_namespace: pulumi.Resource | None = None,
 ) -> k8s.apps.v1.DaemonSet:
     """Namespace, CA Secret, agent ConfigMap, deny-ingress policy and the agent DaemonSet.
 
     `tpm_manufacturer_ca` (swtpm): the CA each software TPM's EK certificate is signed with.
     `node_selector`: the labels of the nodes with a TPM, on a cluster whose nodes do not all have one.
+    `shared_namespace`: the keylime namespace as the servers declare it when the agents run on their cluster;
+    the agents join it, and its deny-all-ingress policy, instead of declaring both a second time.
     """
-    namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=opts)
+    namespace = shared_namespace or k8s.core.v1.Namespace(
+        f"{name}-namespace", metadata={"name": KEYLIME_NAMESPACE}, opts=opts
+    )
     opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[namespace]))
     ca_files = {keylime_conf.CA_CERT: pod_args.ca_cert_pem}
     ca_secret = k8s.core.v1.Secret(f"{name}-ca", metadata=metadata(CA_SECRET), type="Opaque", string_data=ca_files, opts=opts)
@@ -271,13 +276,14 @@ def declare_agent_workload(
             string_data=manufacturer_files[TPM_MANUFACTURER_CA_SECRET],
             opts=opts,
         ))
-    # The agent only dials out; nothing may connect to it.
-    k8s.networking.v1.NetworkPolicy(
-        f"{name}-default-deny-ingress",
-        metadata=metadata("keylime-default-deny-ingress"),
-        spec=deny_all_ingress(),
-        opts=opts,
-    )
+    if shared_namespace is None:
+        # The agent only dials out; nothing may connect to it.
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-default-deny-ingress",
+            metadata=metadata("keylime-default-deny-ingress"),
+            spec=deny_all_ingress(),
+            opts=opts,
+        )
 
     uid, gid, image = pod_args.uid, pod_args.gid, pod_args.image.ref
     security = container_security_context(uid, gid)

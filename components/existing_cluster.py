@@ -28,6 +28,9 @@ class ExistingAgentClusterArgs:
     agent: AgentPodArgs
     node_selector: dict[str, str]
     """The labels of the nodes with a hardware TPM (/dev/tpmrm0), e.g. {"keylime.dev/tpm": "true"}."""
+    servers_namespace: pulumi.Resource | None = None
+    """The servers' keylime namespace when this is also their cluster: declared once, by them (with its deny-all
+    ingress policy), so the agents join it; two declarations of one object would fail (AlreadyExists)."""
 
 
 class ExistingAgentCluster(pulumi.ComponentResource):
@@ -67,5 +70,6 @@ class ExistingAgentCluster(pulumi.ComponentResource):
             "device",
             pulumi.ResourceOptions.merge(objects, pulumi.ResourceOptions(depends_on=[device_plugin])),
             node_selector=args.node_selector,
+            shared_namespace=args.servers_namespace,
         )
         self.register_outputs({"context": args.context})

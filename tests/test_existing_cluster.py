@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
+import pulumi_kubernetes as k8s
 import pytest
 import yaml
 from helpers import all_containers, checkov, env_of, kube_objects, pod_spec, validate_strictly
@@ -40,12 +41,11 @@ UID, GID = 1234, 2345
 IMAGE = "registry.example.org/keylime-agent:1"
 
 
-@pytest.fixture(scope="module")
-def existing() -> tuple[ProgramRun, dict[str, object]]:
-    """Only an ExistingAgentCluster, its image build a stand-in; also what it shows as an AgentHost.
+def build(shown: dict[str, object], on_the_servers_cluster: bool = False) -> ProgramRun:
+    """Only an ExistingAgentCluster, its image build a stand-in (with the servers' namespace, if on their cluster);
+    `shown` receives what it shows as an AgentHost.
 
     The kubeconfig is handed over as a plain string: the component makes it a secret whatever it is given."""
-    shown: dict[str, object] = {}
 
     def declare() -> None:
         docker_provider = docker.Provider("docker")
@@ -53,16 +53,27 @@ def existing() -> tuple[ProgramRun, dict[str, object]]:
                              opts=pulumi.ResourceOptions(provider=docker_provider))
         pod = AgentPodArgs(image=BuiltImage(IMAGE, build), agent_conf='[agent]\nuuid = "hash_ek"\n', uid=UID, gid=GID,
                            ca_cert_pem="CA")
+        servers_namespace = None
+        if on_the_servers_cluster:
+            servers = k8s.Provider("servers-k8s", kubeconfig=KUBECONFIG, context=CONTEXT)
+            servers_namespace = k8s.core.v1.Namespace("servers-namespace", metadata={"name": "keylime"},
+                                                      opts=pulumi.ResourceOptions(provider=servers))
         host: AgentHost = ExistingAgentCluster(
             "edge",
             ExistingAgentClusterArgs(kubeconfig=KUBECONFIG, context=CONTEXT, api_server=API_SERVER,
-                                     agent=pod, node_selector=TPM_NODES),
+                                     agent=pod, node_selector=TPM_NODES, servers_namespace=servers_namespace),
         )
         shown.update(host_name=host.host_name, api_server=host.api_server, machine=host.machine)
         host.identity.apply(lambda identity: shown.setdefault("identity", identity))
         host.provider.urn.apply(lambda urn: shown.setdefault("provider", urn))
 
-    return run_declarations(declare), shown
+    return run_declarations(declare)
+
+
+@pytest.fixture(scope="module")
+def existing() -> tuple[ProgramRun, dict[str, object]]:
+    shown: dict[str, object] = {}
+    return build(shown), shown
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +182,15 @@ def test_the_node_state_container_has_only_what_its_script_needs(program):
 def test_the_agent_starts_after_the_device_plugin_which_starts_after_its_image(program):
     assert plugin_set(program).urn in agent_set(program).dependencies
     assert program.named("agent-build").urn in plugin_set(program).dependencies
+
+
+def test_on_the_servers_cluster_the_agents_join_their_namespace_and_declare_neither_it_nor_its_policy_again():
+    program = build({}, on_the_servers_cluster=True)
+    on_edge = [r for r in program.resources if r.type.startswith("kubernetes:") and r.provider.split("::")[-2] == "edge-k8s"]
+    assert sorted(r.type.rsplit(":", 1)[-1] for r in on_edge) == ["ConfigMap", "DaemonSet", "DaemonSet", "Secret"]
+    servers_namespace = program.named("servers-namespace").urn
+    in_keylime = [r for r in on_edge if r.plain["metadata"]["namespace"] == "keylime"]
+    assert len(in_keylime) == 3 and all(servers_namespace in r.dependencies for r in in_keylime)
 
 
 def test_the_policy_pack_accepts_the_cluster_with_the_device_plugin_as_its_one_exception(program):
