@@ -14,6 +14,7 @@ from helpers import ROOT, all_containers, env_of, kube_objects, pod_spec, settin
 from components import keylime_conf
 from components.agent_cluster import AgentCluster, AgentClusterArgs
 from components.agent_workload import AgentHost, AgentPodArgs
+from components.existing_cluster import ExistingAgentCluster
 from components.images import BuiltImage
 from components.vtpm_vm import VtpmVm
 from tools.offline import ProgramRun, fake_pem, run_declarations
@@ -184,7 +185,7 @@ def test_alone_the_agent_host_is_the_cluster_its_identity_and_its_daemon_set(age
     assert shown == {"host_name": "keylime-ci-agents-3", "identity": "alone-cluster-id", "daemon_set": daemon_set.urn}
 
 
-@pytest.mark.parametrize("host", [AgentCluster, VtpmVm])
+@pytest.mark.parametrize("host", [AgentCluster, VtpmVm, ExistingAgentCluster])
 def test_every_agent_host_declares_the_agent_host_members_with_their_types(host):
     wanted = inspect.get_annotations(AgentHost, eval_str=True)
     assert set(wanted) == {"host_name", "identity", "daemon_set", "provider", "api_server", "machine"}

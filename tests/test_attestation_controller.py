@@ -72,7 +72,9 @@ EVENT_RULES = [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}
 
 
 def declare_alone(clusters: tuple[str, ...] = ("east", "west"), policy: str = '{"8": "aa"}', effect: str = "NoSchedule",
-                  prometheus_operator: bool = False, ek_trust: str | None = None) -> ProgramRun:
+                  prometheus_operator: bool = False, ek_trust: str | None = None, not_owned: tuple[str, ...] = ()) -> ProgramRun:
+    """`not_owned`: clusters the program did not make (the `cluster` stack's), whose objects nothing deletes for it."""
+
     def declare() -> None:
         command_provider = command.Provider("command")
         local = pulumi.ResourceOptions(provider=command_provider)
@@ -88,7 +90,8 @@ def declare_alone(clusters: tuple[str, ...] = ("east", "west"), policy: str = '{
             namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": "keylime"},
                                               opts=pulumi.ResourceOptions(provider=provider))
             watched.append(WatchedCluster(name=name, api_server=f"https://{name}.example:6443", provider=provider,
-                                          agent_namespace_ready=namespace, deleted_with=machine))
+                                          agent_namespace_ready=namespace,
+                                          deleted_with=None if name in not_owned else machine))
         AttestationController(
             "alone",
             AttestationControllerArgs(
@@ -379,3 +382,11 @@ def test_swtpm_eks_are_signed_by_the_program_s_manufacturer_ca_which_the_control
     (container,) = pod_spec(named(not_required, "Deployment", CONTROLLER, "infra"))["containers"]
     assert "EK_TRUST_DIR" not in env_of(container)
     assert not [r for r in run("hwtpm").resources if "tpm-manufacturer" in r.name]
+
+
+def test_alone_rbac_goes_with_a_cluster_the_program_made_and_is_deleted_one_by_one_on_one_it_did_not():
+    run = declare_alone(not_owned=("west",))
+    for cluster, deleted_with in (("east", run.named("east-cluster").urn), ("west", "")):
+        granted = [r for r in run.resources if r.name.startswith(f"alone-{cluster}-")]
+        assert len(granted) == 8
+        assert {r.deleted_with for r in granted} == {deleted_with}, cluster
