@@ -21,7 +21,7 @@ from components.existing_cluster import ExistingAgentCluster, ExistingAgentClust
 from components.images import BuiltImage
 from tools.offline import ProgramRun, is_secret, run_declarations, stack_config
 from tools.policy_check import evaluate
-from tools.render import kubernetes_objects, manifest_path
+from tools.render import write_manifests
 
 API_SERVER = "https://edge.example.org:6443"
 CONTEXT = "edge-admin@edge"
@@ -246,10 +246,7 @@ def test_node_state_runs_again_on_every_start_and_hands_the_kept_state_to_a_new_
 @pytest.fixture(scope="module")
 def manifests(program, tmp_path_factory) -> list[Path]:
     out = tmp_path_factory.mktemp("existing")
-    for cluster, obj in kubernetes_objects(program.resources):
-        path = manifest_path(out, cluster, obj)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(obj))
+    assert write_manifests(program.resources, out) == 6
     return sorted((out / "manifests").rglob("*.yaml"))
 
 
