@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
+import re
 from typing import Any
 
 import pulumi
@@ -103,6 +105,15 @@ class AttestationControllerArgs:
     """The infra cluster serves the Prometheus Operator's CRDs: declare a ServiceMonitor and alert rules."""
 
 
+def kubeconfig_file(cluster: str) -> str:
+    """The Secret key (and file) of a cluster's kubeconfig. Keys allow only [-._a-zA-Z0-9], and kubeconfig contexts
+    are often named like kubeadm's `kubernetes-admin@kubernetes`: anything else becomes `_`, and a digest of the
+    name keeps two names that differ only there apart."""
+    safe = re.sub(r"[^-._a-zA-Z0-9]", "_", cluster)
+    suffix = "" if safe == cluster else "-" + hashlib.sha256(cluster.encode()).hexdigest()[:8]
+    return f"{safe}{suffix}.kubeconfig"
+
+
 def kubeconfig(cluster: str, api_server: str, token_data: dict[str, str]) -> str:
     """A kubeconfig that authenticates with the ServiceAccount token and trusts the cluster's CA from the same Secret."""
     token = base64.b64decode(token_data["token"]).decode()
@@ -140,9 +151,9 @@ class AttestationController(pulumi.ComponentResource):
             data=policy_files,
             opts=on_infra,
         )
-        clusters_file = json.dumps({cluster: f"{CLUSTERS_DIR}/{cluster}.kubeconfig" for cluster in sorted(kubeconfigs)})
+        clusters_file = json.dumps({cluster: f"{CLUSTERS_DIR}/{kubeconfig_file(cluster)}" for cluster in sorted(kubeconfigs)})
         files_by_name = pulumi.Output.all(**kubeconfigs).apply(
-            lambda files: {"clusters.json": clusters_file, **{f"{c}.kubeconfig": files[c] for c in sorted(files)}}
+            lambda files: {"clusters.json": clusters_file, **{kubeconfig_file(c): files[c] for c in sorted(files)}}
         )
         # pulumi's Output.secret typing cannot infer from an Output[dict] argument
         clusters_files = pulumi.Output.secret(files_by_name)  # type: ignore[var-annotated, arg-type]

@@ -9,8 +9,10 @@ RUNTIME_DEFAULT_SECCOMP = {"type": "RuntimeDefault"}
 # Why some checkov rules cannot hold for this deployment; each workload lists the ones it waives.
 WAIVERS = {
     "CKV_K8S_40": "uid/gid 490 is the keylime system user convention (SLES), kept identical in image and pod",
-    "CKV_K8S_43": "images are built locally and loaded into Kind; the fixed tag carries the build's content hash",
-    "CKV_K8S_15": "images are loaded with kind load, not pulled: Always would fail, IfNotPresent uses the loaded one",
+    "CKV_K8S_43": "images are built by the program (loaded into Kind or the VM, or pushed to imageRegistry); the fixed "
+    "tag carries the build's content hash",
+    "CKV_K8S_15": "the tag carries the image's content hash, so IfNotPresent never runs a stale one; Kind- and VM-loaded "
+    "images cannot be pulled at all (Always would fail)",
 }
 
 

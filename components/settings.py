@@ -786,6 +786,14 @@ def _cluster_problems(settings: Mapping[str, Any]) -> Iterator[str]:
         for key, name in wanted:
             if name is not None and name not in known:
                 yield _refusal(key, name, f"a context of kubeconfig with an https server: {', '.join(sorted(known))}")
+        # One cluster under two names would get every object twice: the second create fails (AlreadyExists).
+        seen: dict[str, str] = {}
+        for key, name in wanted:
+            server = known.get(name) if name is not None else None
+            if name is not None and server is not None and seen.setdefault(server, name) != name:
+                yield _refusal(
+                    key, name, f"one context per cluster: {seen[server]!r} names the same API server {server}"
+                )
     version = settings.get("keylime_version")
     if version is not None and _version_tuple(version) < CLUSTER_MIN_KEYLIME:
         yield _refusal(

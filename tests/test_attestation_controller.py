@@ -411,3 +411,15 @@ def test_hwtpm_eks_are_checked_against_the_local_ca_read_from_the_libvirt_host_a
     assert not [r for r in not_required.resources if r.name == "vm-ek-issuer"]
     (container,) = pod_spec(named(not_required, "Deployment", CONTROLLER, "infra"))["containers"]
     assert "EK_TRUST_DIR" not in env_of(container)
+
+
+def test_kubeadm_style_context_names_become_valid_secret_keys_that_stay_apart():
+    names = ("kubernetes-admin@kubernetes", "kubernetes-admin_kubernetes", "edge")
+    run = declare_alone(clusters=names)
+    secrets = {s.plain["metadata"]["name"]: s.plain["stringData"] for s in kube_objects(run, "Secret", "infra")}
+    files = secrets[f"{CONTROLLER}-clusters"]
+    paths = json.loads(files["clusters.json"])
+    assert set(paths) == set(names)
+    keys = [path.rsplit("/", 1)[1] for path in paths.values()]
+    assert len(set(keys)) == 3 and all(re.fullmatch(r"[-._a-zA-Z0-9]+", key) and key in files for key in keys)
+    assert paths["edge"].endswith("/edge.kubeconfig")

@@ -146,3 +146,16 @@ def test_each_verifier_pod_runs_one_worker_on_the_database_its_environment_names
     kind = configparser.RawConfigParser()
     kind.read_string(keylime_conf.verifier_conf(settings_for("swtpm")))
     assert kind["verifier"]["database_url"].startswith("sqlite:///")
+
+
+def test_two_contexts_of_one_cluster_are_refused():
+    kubeconfig = KUBECONFIG.value.replace(
+        "current-context:", "  - name: datacenter-admin\n    context: {cluster: datacenter, user: admin}\ncurrent-context:"
+    )
+    overrides = cluster_config(kubeconfig=Secret(kubeconfig), agentContexts=["datacenter-admin", "edge"])
+    (problem,) = problems_for("cluster", **overrides)
+    assert problem.startswith("keylime-push:agentContexts: got 'datacenter-admin'")
+    assert "'datacenter' names the same API server https://datacenter.example.com:6443" in problem
+    assert settings_for("cluster", **cluster_config(agentContexts=["datacenter", "edge"])).agent_context_names == (
+        "datacenter", "edge"
+    )
