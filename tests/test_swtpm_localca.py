@@ -55,11 +55,12 @@ def libvirt_setup(setup_conf: Path, state: Path) -> None:
 
 
 def run_script(*args: str, user: bool = False, path: str | None = None, **env: str) -> subprocess.CompletedProcess:
-    argv = ["/bin/bash", str(SCRIPT), *args]
+    # Fed on stdin, as the declared Command feeds it (`bash -s`): the checkout may be unreadable to the agent's user.
+    argv = ["/bin/bash", "-s", "--", *args]
     environment = {"PATH": path or os.environ["PATH"], "HOME": "/nonexistent", **env}
     if user:  # found on this PATH, not on the one the script gets
         argv = [shutil.which("setpriv"), *as_agent(argv)[1:]]  # type: ignore[list-item]
-    return subprocess.run(argv, env=environment, capture_output=True, text=True, check=False)
+    return subprocess.run(argv, env=environment, input=SCRIPT.read_text(), capture_output=True, text=True, check=False)
 
 
 @pytest.fixture
