@@ -143,7 +143,10 @@ def servers_on_kind(agent_hosts: list[AgentHost]) -> InfraCluster:
 
 
 def servers_on_your_cluster() -> ServerCluster:
-    assert user_kubeconfig is not None and settings.server_context is not None, "validated by load_settings"
+    # Every cluster key is set (or defaulted) once tpmMode=cluster validated.
+    assert user_kubeconfig is not None and settings.server_context is not None and settings.service_type is not None
+    assert settings.registrar_replicas is not None and settings.verifier_replicas is not None
+    assert settings.postgres_storage_class is not None and settings.postgres_storage is not None
     return ServerCluster(
         "servers",
         ServerClusterArgs(
@@ -156,16 +159,16 @@ def servers_on_your_cluster() -> ServerCluster:
             uid=settings.agent_uid,
             gid=settings.agent_gid,
             exposure=Exposure(
-                settings.service_type or "LoadBalancer",
+                settings.service_type,
                 NodePorts(settings.registrar_node_port, settings.registrar_tls_node_port, settings.verifier_node_port)
                 if settings.service_type == "NodePort"
                 else None,
                 pin_agents=True,
             ),
-            registrar_replicas=settings.registrar_replicas or 2,
-            verifier_replicas=settings.verifier_replicas or 1,
-            storage_class=settings.postgres_storage_class or "",
-            storage_size=settings.postgres_storage or "",
+            registrar_replicas=settings.registrar_replicas,
+            verifier_replicas=settings.verifier_replicas,
+            storage_class=settings.postgres_storage_class,
+            storage_size=settings.postgres_storage,
             database_url=(
                 pulumi.Output.secret(settings.database_url.get_secret_value())
                 if settings.database_url is not None and settings.database_url.get_secret_value()

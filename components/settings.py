@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import ipaddress
 import json
 import os
@@ -686,10 +687,14 @@ class Settings(BaseModel):
         assert self.server_context is not None, "only the cluster stack has contexts"
         return self.agent_contexts or (self.server_context,)
 
-    def api_server(self, context: str) -> str:
-        """cluster: the API server URL of a context of the kubeconfig."""
+    @functools.cached_property
+    def _api_servers(self) -> dict[str, str]:
         assert self.kubeconfig is not None, "only the cluster stack has a kubeconfig"
-        return kube_contexts(yaml.safe_load(self.kubeconfig.get_secret_value()))[context]
+        return kube_contexts(yaml.safe_load(self.kubeconfig.get_secret_value()))
+
+    def api_server(self, context: str) -> str:
+        """cluster: the API server URL of a context of the kubeconfig (parsed once, for every context asked)."""
+        return self._api_servers[context]
 
 
 # The config keys: every field but `stack`, which comes from the Pulumi stack itself.

@@ -29,7 +29,7 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 from components import agent_workload
 from components.kind import kind_config
 from policy import rules
-from tools.example import EXAMPLES
+from tools.example import with_example
 from tools.offline import ProgramRun, run_program, stack_config
 from tools.policy_check import Violation, engine_props, evaluate, resource_args, stack_args
 
@@ -71,11 +71,11 @@ def summary(found: list[Violation]) -> set[tuple[str, str, int | str]]:
 
 @pytest.fixture(scope="module")
 def stacks() -> dict[str, ProgramRun]:
-    return {stack: run_program(stack, EXAMPLES.get(stack)) for stack in ("swtpm", "hwtpm", "cluster")}
+    return {stack: run_program(stack, with_example(stack)) for stack in ("swtpm", "hwtpm", "cluster")}
 
 
 def check(run: ProgramRun, stack: str, **overrides) -> list[Violation]:
-    return evaluate(run, stack_config(stack, {**EXAMPLES.get(stack, {}), **overrides}))
+    return evaluate(run, stack_config(stack, with_example(stack, overrides)))
 
 
 def replaced(run: ProgramRun, name: str, change) -> ProgramRun:
@@ -143,15 +143,7 @@ def test_every_resource_policy_applies_to_some_resource_of_the_program(stacks, s
 
 def test_an_agent_made_root_is_refused(monkeypatch):
     def as_root(uid: int, gid: int) -> dict:
-        return {
-            "runAsNonRoot": False,
-            "runAsUser": 0,
-            "runAsGroup": 0,
-            "allowPrivilegeEscalation": True,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        }
+        return {**HARDENED, "runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0, "allowPrivilegeEscalation": True}
 
     monkeypatch.setattr(agent_workload, "container_security_context", as_root)
     found = [v for v in check(run_program("swtpm"), "swtpm") if v.policy != "host-ports-bound"]

@@ -52,10 +52,11 @@ def stack_config(stack: str, overrides: Mapping[str, object] | None = None) -> d
     merged.update((yaml.safe_load(stack_file.read_text()) or {}).get("config", {}))
     for key, value in (overrides or {}).items():
         merged[key if ":" in key else f"{PROJECT}:{key}"] = value
-    return {key: _config_string(value) for key, value in merged.items() if value is not None}
+    return {key: config_string(value) for key, value in merged.items() if value is not None}
 
 
-def _config_string(value: object) -> str:
+def config_string(value: object) -> str:
+    """A config value as `pulumi config set` takes it (and as the engine hands it back)."""
     if isinstance(value, Secret):
         return value.value
     if isinstance(value, bool):

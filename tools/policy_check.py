@@ -37,7 +37,7 @@ from pulumi_policy.proxy import unknown_checking_proxy
 
 from components.settings import SettingsError
 from policy.rules import POLICIES
-from tools.example import EXAMPLES
+from tools.example import with_example
 from tools.offline import ProgramRun, Resource, run_program, stack_config
 from tools.render import parse_overrides
 
@@ -146,7 +146,7 @@ def evaluate(
 
 def check_stack(stack: str, overrides: Mapping[str, object] | None = None, policy_config=None) -> list[Violation]:
     """The cluster stack is checked on the example clusters (tools/example), under any overrides given."""
-    config = {**EXAMPLES.get(stack, {}), **(overrides or {})}
+    config = with_example(stack, overrides)
     return evaluate(run_program(stack, config), stack_config(stack, config), policy_config)
 
 

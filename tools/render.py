@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from components.settings import SettingsError
-from tools.example import EXAMPLES
+from tools.example import with_example
 from tools.offline import Resource, redact, run_program
 
 KUBERNETES_PREFIX = "kubernetes:"
@@ -62,7 +62,7 @@ def write_manifests(resources: list[Resource], out: Path) -> int:
 
 def render(stack: str, out: Path, overrides: Mapping[str, object]) -> tuple[int, int]:
     """The cluster stack renders onto the example clusters (tools/example), under any overrides given."""
-    run = run_program(stack, {**EXAMPLES.get(stack, {}), **overrides})
+    run = run_program(stack, with_example(stack, overrides))
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -5,6 +5,7 @@ The servers go to `datacenter`; agents run on the TPM nodes of `datacenter` and 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from tools.offline import Secret
@@ -23,6 +24,11 @@ CLUSTER: dict[str, object] = {
 
 # The stacks whose real config only the deployed stack has: rendered and previewed with these.
 EXAMPLES: dict[str, dict[str, object]] = {"cluster": CLUSTER}
+
+
+def with_example(stack: str, overrides: Mapping[str, object] | None = None) -> dict[str, object]:
+    """`overrides` on top of the stack's example config (none for the stacks whose files are complete)."""
+    return {**EXAMPLES.get(stack, {}), **(overrides or {})}
 
 
 def cluster_config(**overrides: object) -> dict[str, object]:

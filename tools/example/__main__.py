@@ -6,19 +6,17 @@ preview without the deployed stack's state has none. Secrets are set with --secr
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 from tools.example import EXAMPLES
-from tools.offline import PROJECT, Secret
+from tools.offline import PROJECT, Secret, config_string
 
 
 def configure(stack: str) -> None:
     for key, value in EXAMPLES.get(stack, {}).items():
-        secret = isinstance(value, Secret)
-        text = value.value if isinstance(value, Secret) else value if isinstance(value, str) else json.dumps(value)
-        argv = ["pulumi", "config", "set", "--stack", stack, *(["--secret"] if secret else []), f"{PROJECT}:{key}", "--", text]
+        secret = ["--secret"] if isinstance(value, Secret) else []
+        argv = ["pulumi", "config", "set", "--stack", stack, *secret, f"{PROJECT}:{key}", "--", config_string(value)]
         subprocess.run(argv, check=True)
 
 
